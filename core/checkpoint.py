@@ -1,0 +1,118 @@
+"""Checkpoints: weights in safetensors with the configs in its header, plus a
+readable run.json. Nothing is ever unpickled, and every write is atomic
+(temp file in the same folder, then os.replace) so a crash mid-write leaves
+the previous file intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models import MNISTModel, ModelConfig, build_model
+
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "run.json"
+FORMAT = "mnist-lab/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, not ours, corrupt, or for another architecture."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename over path. Nothing half-written is ever visible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@dataclass
+class Checkpoint:
+    model: MNISTModel
+    model_config: ModelConfig
+    train_config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: MNISTModel, model_config: ModelConfig,
+                    train_config: dict, metrics: dict) -> Path:
+    """Write run_dir/model.safetensors and run_dir/run.json; returns the weights path."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "model_config": model_config.to_dict(), "train_config": train_config,
+            "metrics": metrics}
+    header = {k: json.dumps(v) for k, v in meta.items()}  # safetensors metadata is str -> str
+    weights = run_dir / WEIGHTS_NAME
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=header))
+    atomic_write_text(run_dir / META_NAME, json.dumps(meta, indent=2))
+    return weights
+
+
+def read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name}: not a readable safetensors file ({e})") from e
+    if header.get("format") != json.dumps(FORMAT):
+        raise CheckpointError(f"{path.name}: not an MNIST Lab checkpoint (no '{FORMAT}' header)")
+    try:
+        return {k: json.loads(v) for k, v in header.items()}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path.name}: corrupt header ({e})") from e
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path.name}: checkpoints are .safetensors files (pickled .pt/.pth files "
+                              "are refused: loading them could run arbitrary code)")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the exact model from the config stored beside its weights."""
+    weights = resolve_weights(path)
+    meta = read_metadata(weights)
+    try:
+        model_config = ModelConfig(**meta["model_config"])
+        model = build_model(model_config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{weights.name}: bad model config in header ({e})") from e
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights.name}: corrupt weights ({e})") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:])[:300]
+        raise CheckpointError(f"{weights.name}: weights do not fit the '{model_config.name}' architecture "
+                              f"({detail})") from e
+    model.to(device).eval()
+    return Checkpoint(model, model_config, meta.get("train_config", {}), meta.get("metrics", {}), weights)

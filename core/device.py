@@ -1,0 +1,45 @@
+"""Pick the compute device once; everything else receives it as an argument."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used here."""
+
+
+def cuda_available() -> bool:
+    try:
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - a broken driver counts as no GPU
+        return False
+
+
+def resolve_device(requested: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda when a GPU is present, else cpu. "cuda" without a GPU raises."""
+    requested = str(requested)
+    if requested == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if requested.startswith("cuda"):
+        if not cuda_available():
+            raise DeviceError("CUDA was requested but no GPU is available here; use --device cpu or auto")
+        return torch.device(requested)
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise DeviceError(f"unknown device {requested!r}; use auto, cpu or cuda")
+
+
+def configure_cpu() -> int:
+    """Use every core for intra-op work and none for inter-op: small convs on a
+    2-core box lose to thread hand-off otherwise. Returns the thread count."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,290 @@
+"""Training as a generator of metric dicts.
+
+    for event in train(TrainConfig(model="fast"), load_mnist()):
+        print(event)          # the CLI prints them, the Train page draws them
+
+Stopping early is just leaving the loop: the last checkpoint written at an
+epoch end stays as it was.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .augment import AugmentConfig, augment
+from .checkpoint import save_checkpoint
+from .data import MNISTData, split_validation, to_float
+from .device import configure_cpu, device_name, resolve_device
+from .models import MNISTModel, ModelConfig, build_model, count_parameters
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN or inf. .checkpoint is the last good checkpoint, or None."""
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+# Per-model recipes. "classic" is the seeds' recipe (Adam 1e-3, batch 64, flat lr).
+PRESETS: dict[str, dict] = {
+    "mlp": dict(optimizer="adam", lr=2e-3, batch_size=128, schedule="onecycle"),
+    "classic": dict(optimizer="adam", lr=1e-3, batch_size=64, schedule="constant"),
+    "fast": dict(optimizer="sgd", lr=0.2, batch_size=128, schedule="onecycle"),
+    "accurate": dict(optimizer="sgd", lr=0.1, batch_size=128, schedule="onecycle", weight_decay=5e-4,
+                     label_smoothing=0.1, augment=True, epochs=15),
+}
+
+LIMITS = {  # allowed ranges, checked before any work starts
+    "epochs": (1, 1000), "batch_size": (1, 8192), "lr": (1e-6, 10.0), "head_lr": (1e-6, 10.0),
+    "weight_decay": (0.0, 1.0), "label_smoothing": (0.0, 0.5), "momentum": (0.0, 0.999),
+    "warmup": (0.0, 0.5), "max_steps": (1, 10_000_000), "val_size": (0, 59_000), "log_every": (1, 100_000),
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fast"
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd (nesterov) | adam | adamw
+    lr: float = 0.2
+    head_lr: float | None = None  # a different lr for the "head" group (fine-tuning)
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup: float = 0.2  # fraction of steps spent warming up (onecycle)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_steps: int | None = None  # cap for smoke tests and live demos
+    val_size: int = 5000
+    log_every: int = 1  # step events every N steps (each one syncs a GPU)
+    channels_last: bool = True
+
+    @classmethod
+    def preset(cls, model: str = "fast", **overrides) -> "TrainConfig":
+        """The model's recipe, then overrides (None values are ignored)."""
+        base = dict(PRESETS.get(model, {}))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(model=model, **base)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> "TrainConfig":
+        """Refuse bad hyperparameters up front, naming the allowed range."""
+        from .models import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        for name, (lo, hi) in LIMITS.items():
+            v = getattr(self, name)
+            if v is None and name in ("max_steps", "head_lr"):
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {v!r}")
+        for name, allowed in (("optimizer", ("sgd", "adam", "adamw")), ("schedule", ("onecycle", "cosine", "constant")),
+                              ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, name) not in allowed and not (name == "device" and self.device.startswith("cuda:")):
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        return self
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier on the base lr at a step (0-based)."""
+    if schedule == "constant":
+        return 1.0
+    t = step / max(1, total)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    # onecycle: linear warmup to 1, then linear decay to ~0 (cifar10-airbench style).
+    w = max(warmup, 1e-8)
+    return t / w if t < w else max(0.0, (1 - t) / (1 - w))
+
+
+def make_optimizer(cfg: TrainConfig, model: MNISTModel) -> torch.optim.Optimizer:
+    """One param group per layer group (only trainable ones), so per-group lrs
+    apply and the optimizer never touches frozen weights."""
+    groups = []
+    for name, module in model.groups.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            continue
+        lr = cfg.head_lr if (name == "head" and cfg.head_lr is not None) else cfg.lr
+        # No weight decay on BatchNorm and bias vectors, as usual.
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd, "group": name})
+    if not groups:
+        raise ValueError("every layer group is frozen: nothing to train")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def evaluate_loss_acc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      batch_size: int = 2000) -> tuple[float, float]:
+    """images uint8 [N,28,28] on the model's device -> (mean loss, accuracy in [0,1])."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(labels), batch_size):
+        logits = model(to_float(images[i:i + batch_size])).float()
+        y = labels[i:i + batch_size]
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = max(1, len(labels))
+    return total_loss / n, correct / n
+
+
+def fit(model: MNISTModel, cfg: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
+        val_x: torch.Tensor | None, val_y: torch.Tensor | None, device: torch.device) -> Iterator[dict]:
+    """The training loop. Data are uint8 [N,28,28] / int64 [N] already on `device`.
+
+    Yields {"event": "step", ...} every cfg.log_every steps and {"event": "epoch", ...}
+    after each epoch (and after a max_steps stop mid-epoch). Raises TrainingDiverged.
+    """
+    n = len(train_y)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // bs)  # drop the ragged last batch: BatchNorm dislikes tiny ones
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    use_cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).train()
+    opt = make_optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: identical draws on any device
+    aug_cfg = AugmentConfig()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda)
+
+    step = 0
+    t0 = time.perf_counter()
+    t_log, step_log = t0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            f = lr_factor(step, total, cfg.schedule, cfg.warmup)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f
+            idx = perm[i * bs:(i + 1) * bs]
+            x = to_float(train_x[idx])  # [B,1,28,28] float in [0,1]
+            y = train_y[idx]
+            if cfg.augment:
+                x = augment(x, aug_cfg, gen)
+            x = x.contiguous(memory_format=memory_format)
+            with autocast:
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % cfg.log_every == 0 or step == total:
+                loss_v = loss.item()  # the one sync point
+                if not math.isfinite(loss_v):
+                    raise TrainingDiverged(
+                        f"training diverged: loss became {loss_v} at step {step} (epoch {epoch}). "
+                        f"The learning rate ({cfg.lr:g}) is probably too high; try a smaller one.")
+                now = time.perf_counter()
+                yield {"event": "step", "step": step, "total_steps": total, "epoch": epoch,
+                       "loss": loss_v, "lr": opt.param_groups[0]["lr"],
+                       "images_per_sec": (step - step_log) * bs / max(now - t_log, 1e-9),
+                       "elapsed": now - t0}
+                t_log, step_log = now, step
+        if seen == 0:
+            break
+        train_loss = (loss_sum / seen).item()
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training diverged: mean loss {train_loss} in epoch {epoch}; "
+                                   f"try a smaller learning rate than {cfg.lr:g}.")
+        ev = {"event": "epoch", "epoch": epoch, "step": step, "total_steps": total,
+              "train_loss": train_loss, "train_acc": correct.item() / seen}
+        if val_x is not None and len(val_y):
+            ev["val_loss"], ev["val_acc"] = evaluate_loss_acc(model, val_x, val_y)
+        ev["elapsed"] = time.perf_counter() - t0
+        yield ev
+        if step >= total:
+            break
+
+
+def train(cfg: TrainConfig, data: MNISTData, run_dir: str | Path | None = None,
+          model: MNISTModel | None = None) -> Iterator[dict]:
+    """Train cfg.model on data. Events: start, step..., epoch..., done.
+
+    With run_dir, a checkpoint is written atomically after every epoch, so a
+    stop or a divergence leaves the last completed epoch on disk.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        configure_cpu()
+    torch.manual_seed(cfg.seed)
+    model_config = ModelConfig(name=cfg.model)
+    model = model if model is not None else build_model(model_config)
+
+    tx, ty, vx, vy = split_validation(data.train_images, data.train_labels, cfg.val_size, seed=cfg.seed)
+    # Move data once; every batch after this is an index into device memory.
+    tx, ty, vx, vy = (t.to(device) for t in (tx, ty, vx, vy))
+    n_params = count_parameters(model)
+    yield {"event": "start", "device": device_name(device), "device_type": device.type, "model": cfg.model,
+           "params": n_params, "train_size": len(ty), "val_size": len(vy), "data_source": data.source,
+           "config": cfg.to_dict()}
+
+    checkpoint = None
+    metrics: dict = {}
+    t0 = time.perf_counter()
+    try:
+        for ev in fit(model, cfg, tx, ty, vx, vy, device):
+            if ev["event"] == "epoch":
+                metrics = {k: ev[k] for k in ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc")
+                           if k in ev}
+                metrics["train_seconds"] = time.perf_counter() - t0
+                if run_dir is not None:
+                    checkpoint = str(save_checkpoint(run_dir, model, model_config, cfg.to_dict(),
+                                                     {**metrics, "data_source": data.source}))
+                    ev["checkpoint"] = checkpoint
+            yield ev
+    except TrainingDiverged as e:
+        e.checkpoint = checkpoint
+        kept = f" The last good checkpoint is kept: {checkpoint}." if checkpoint else \
+            " No epoch had finished, so no checkpoint was written."
+        raise TrainingDiverged(str(e) + kept, checkpoint) from None
+    train_seconds = time.perf_counter() - t0
+
+    test_x, test_y = data.test_images.to(device), data.test_labels.to(device)
+    test_loss, test_acc = evaluate_loss_acc(model, test_x, test_y)
+    metrics.update(train_seconds=train_seconds, test_loss=test_loss, test_acc=test_acc,
+                   data_source=data.source, params=n_params, device=device_name(device),
+                   trained_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if run_dir is not None:
+        checkpoint = str(save_checkpoint(run_dir, model, model_config, cfg.to_dict(), metrics))
+    yield {"event": "done", **metrics, "checkpoint": checkpoint, "model_obj": model}
