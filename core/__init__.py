@@ -18,11 +18,33 @@ _API = {
     "MODELS": "models", "ModelConfig": "models", "build_model": "models", "count_parameters": "models",
     # train.py
     "TrainConfig": "train", "train": "train", "fit": "train", "TrainingDiverged": "train", "PRESETS": "train",
+    "TrainingOutOfMemory": "train", "check_memory": "train",
+    # finetune.py, targets.py, samples.py
+    "FinetuneConfig": "finetune", "finetune": "finetune", "pretrain_base": "finetune",
+    "freeze_groups": "finetune", "unfreeze_all": "finetune", "resolve_groups": "finetune",
+    "Target": "targets", "TARGETS": "targets", "build_target": "targets", "shift_images": "targets",
+    "SampleSet": "samples", "SampleStore": "samples", "SampleError": "samples", "load_folder": "samples",
+    "import_samples": "samples",
     # checkpoint.py
     "Checkpoint": "checkpoint", "CheckpointError": "checkpoint", "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     # evaluate.py
     "predict": "evaluate", "evaluate": "evaluate", "TorchPredictor": "evaluate",
+    # export.py
+    "export_onnx": "export", "list_exported": "export", "ExportError": "export",
+    # inference.py
+    "load_predictor": "inference", "OnnxPredictor": "inference", "ModelError": "inference",
+    "choose_providers": "inference", "predict_canvas": "inference", "predict_image": "inference",
+    "DEFAULT_MODEL": "inference", "list_models": "inference",
+    # preprocess.py
+    "preprocess_canvas": "preprocess", "preprocess_photo": "preprocess", "Preprocessed": "preprocess",
+    # names.py, explore.py (Data page statistics)
+    "safe_name": "names", "unique_name": "names",
+    "label_counts": "explore", "class_mean_std": "explore", "pixel_histogram": "explore", "pca_fit": "explore",
+    "tsne_embed": "explore",
+    # insights.py (Insights and Evaluate pages)
+    "first_layer_filters": "insights", "activations": "insights", "saliency": "insights", "grad_cam": "insights",
+    "torch_model_for": "insights", "checkpoint_for": "insights", "InsightError": "insights",
 }
 
 __all__ = sorted(_API)

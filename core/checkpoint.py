@@ -5,6 +5,7 @@ the previous file intact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +21,7 @@ from .models import MNISTModel, ModelConfig, build_model
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "run.json"
 FORMAT = "mnist-lab/1"
+MAX_CHECKPOINT_BYTES = 256 * 2**20  # the biggest registry model (classic) is ~5 MB; anything huge is not ours
 
 
 class CheckpointError(ValueError):
@@ -53,6 +55,18 @@ class Checkpoint:
     path: Path | None = None
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order. Stored in the
+    header, so a file whose numbers were altered after saving is caught at load time
+    (safetensors itself has no checksum)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(run_dir: str | os.PathLike, model: MNISTModel, model_config: ModelConfig,
                     train_config: dict, metrics: dict) -> Path:
     """Write run_dir/model.safetensors and run_dir/run.json; returns the weights path."""
@@ -61,6 +75,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: MNISTModel, model_config:
     meta = {"format": FORMAT, "model_config": model_config.to_dict(), "train_config": train_config,
             "metrics": metrics}
     header = {k: json.dumps(v) for k, v in meta.items()}  # safetensors metadata is str -> str
+    header["weights_sha256"] = json.dumps(weights_digest(state))
     weights = run_dir / WEIGHTS_NAME
     atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=header))
     atomic_write_text(run_dir / META_NAME, json.dumps(meta, indent=2))
@@ -89,6 +104,10 @@ def resolve_weights(path: str | os.PathLike) -> Path:
         path = path / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path.name}: {size / 2**20:.0f} MB is over the {MAX_CHECKPOINT_BYTES / 2**20:.0f} MB "
+                              "limit for MNIST checkpoints; refusing to load it")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path.name}: checkpoints are .safetensors files (pickled .pt/.pth files "
                               "are refused: loading them could run arbitrary code)")
@@ -108,6 +127,13 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights.name}: corrupt weights ({e})") from e
+    digest = meta.get("weights_sha256")
+    if digest is not None and digest != weights_digest(state):
+        raise CheckpointError(f"{weights.name}: the weights do not match the checksum saved with them; the file "
+                              "was altered or damaged after it was written")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{weights.name}: corrupt weights (NaN or inf in {', '.join(bad[:3])})")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -109,11 +109,172 @@ def cmd_evaluate(args) -> dict:
 def cmd_bench(args) -> dict:
     from . import bench
 
-    fn = {"train": bench.bench_train}.get(args.what)
+    fn = {"train": bench.bench_train, "infer": bench.bench_infer, "load": bench.bench_load}.get(args.what)
     if fn is None:
         raise CLIError(f"unknown benchmark {args.what!r}")
     return fn(data_dir=args.data, emit=print)
 
+
+def cmd_export(args) -> dict:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+    from .inference import EXPORT_DIR
+
+    ckpt = load_checkpoint(args.checkpoint, "cpu")
+    out = Path(args.out) if args.out else EXPORT_DIR / f"mnist-{ckpt.model_config.name}.onnx"
+    print(f"exporting {ckpt.model_config.name} from {ckpt.path} ...", flush=True)
+    card = export_onnx(ckpt, out, data=args.data, fp16=args.fp16, int8=args.int8)
+    p, lat = card["parity"], card["latency"]
+    print(f"data: {card['data']['description']}")
+    print(f"parity vs torch on {p['n']:,} test digits: max |dlogit| {p['max_abs_dlogit']:.2e} "
+          f"(bar <= {p['tolerance']:g}), argmax identical on {p['argmax_agree']:,}/{p['n']:,} -> PASS")
+    print(f"test accuracy through onnxruntime: {100 * card['accuracy']:.2f}% on {card['data']['test_size']:,} digits")
+    print(f"{card['file']}: {card['size_bytes'] / 1024:.0f} KB, opset {card['opset']}, single-image p50 "
+          f"{lat['single_p50_ms']:.3f} ms on {lat['provider']}")
+    for v in card["variants"]:
+        print(f"  {v['variant']}: {v['file']} {v['size_bytes'] / 1024:.0f} KB, accuracy {100 * v['accuracy']:.2f}%, "
+              f"p50 {v['latency']['single_p50_ms']:.3f} ms ({v['speedup_vs_fp32']:.2f}x fp32), "
+              f"argmax agrees with fp32 on {v['vs_fp32']['argmax_agree']:,}/{v['vs_fp32']['n']:,}")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return card
+
+
+def cmd_predict(args) -> dict:
+    from .inference import load_predictor, predict_image
+
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise CLIError(f"no such image: {', '.join(missing)}")
+    pred = load_predictor(args.model, prefer_gpu=not args.cpu)
+    print(f"model: {pred.name} ({pred.provider})")
+    results = []
+    for path in args.images:
+        r = predict_image(pred, path)
+        if r["blank"]:
+            print(f"{path}: {r['reason']}")
+        else:
+            print(f"{path}: " + "   ".join(f"{d} ({100 * p:.1f}%)" for d, p in r["top3"])
+                  + f"   [{r['latency_ms']:.2f} ms]")
+        results.append({"image": path, "blank": r["blank"], "reason": r["reason"], "digit": r["digit"],
+                        "top3": [{"digit": d, "prob": p} for d, p in r["top3"]], "latency_ms": r["latency_ms"]})
+    return {"model": str(args.model), "provider": pred.provider, "results": results}
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def cmd_finetune(args) -> dict:
+    from .data import load_mnist
+    from .finetune import FinetuneConfig, finetune
+
+    freeze = None if args.freeze is None else [g.strip() for g in args.freeze.split(",") if g.strip()]
+    overrides = {"freeze": freeze, "lr": args.lr,
+                 "head_lr": args.head_lr, "epochs": args.epochs, "max_steps": args.max_steps, "shots": args.shots,
+                 "batch_size": args.batch_size, "optimizer": args.optimizer, "seed": args.seed,
+                 "device": args.device, "augment": args.augment, "scratch_lr": args.scratch_lr,
+                 "reinit_head": args.reinit_head or None, "baseline": False if args.no_baseline else None}
+    cfg = FinetuneConfig.recommended(args.target, **overrides)  # the target's recipe, then the flags
+    if args.epochs is not None and args.max_steps is None:
+        cfg.max_steps = None  # --epochs alone sets the budget
+    cfg.validate()
+    data = load_mnist(args.data)
+    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in args.target.split("/")[-1])[:40]
+    out = Path(args.out) if args.out else default_run_dir(f"ft-{safe}")
+    print(f"data: {data.description}", flush=True)
+    bar, result = None, {}
+    for ev in finetune(cfg, args.checkpoint, data, run_dir=out):
+        kind = ev["event"]
+        if kind == "start":
+            print(f"fine-tuning {ev['model']} from {ev['base_checkpoint']} on {ev['device']}\n"
+                  f"target {ev['target']}: {ev['target_description']} "
+                  f"({ev['train_size']:,} train / {ev['test_size']:,} test digits)\n"
+                  f"parameters: {ev['trainable_params']:,} trainable, {ev['frozen_params']:,} frozen "
+                  f"(of {ev['params']:,})", flush=True)
+            for g in ev["groups"]:
+                print(f"  {g['group']:<8} {g['params']:>9,}  " + ("frozen" if g["frozen"] else f"lr {g['lr']:g}"))
+        elif kind == "phase":
+            if bar is not None:
+                bar.close()
+            bar = _progress(ev["total_steps"], ev["phase"])
+        elif kind == "step" and bar is not None:
+            bar.n = ev["step"]
+            bar.set_postfix(loss=f"{ev['loss']:.3f}", refresh=True)
+        elif kind == "eval":
+            print(f"{ev['phase']:>8} step {ev['step']:>5}: target test accuracy {_pct(ev['target_acc'])}", flush=True)
+        elif kind == "done":
+            result = ev
+    if bar is not None:
+        bar.close()
+    r = result
+    print(f"\n{'':<26}{'before':>8}{'after':>8}{'scratch':>9}")
+    print(f"{'target test (' + r['target'][:11] + ')':<26}{_pct(r['target_acc_before']):>8}"
+          f"{_pct(r['target_acc_after']):>8}{_pct(r['scratch_target_acc']):>9}")
+    print(f"{'original test (forgetting)':<26}{_pct(r['original_acc_before']):>8}{_pct(r['original_acc_after']):>8}"
+          f"{'-':>9}")
+    if r["gain_over_scratch"] is not None:
+        print(f"pretraining was worth {100 * r['gain_over_scratch']:+.1f} points over training from scratch "
+              f"({r['steps']} steps each); forgetting {100 * r['forgetting']:.1f} points")
+    print(f"checkpoint {r['checkpoint']}")
+    pct = {k: (None if r[k] is None else 100 * r[k]) for k in
+           ("target_acc_before", "target_acc_after", "scratch_target_acc", "original_acc_before",
+            "original_acc_after", "forgetting", "gain_over_scratch", "mnist_test_acc")}
+    return {**pct, **{k: r[k] for k in ("target", "model", "train_size", "test_size", "steps", "trainable_params",
+                                        "frozen_params", "frozen_groups", "finetune_seconds", "scratch_seconds",
+                                        "checkpoint", "device")}, "data_source": data.source}
+
+
+def cmd_finetune_base(args) -> dict:
+    from .data import load_mnist
+    from .finetune import pretrain_base
+    from .train import TrainConfig
+
+    try:
+        lo, _, hi = args.classes.partition("-")
+        classes = list(range(int(lo), int(hi or lo) + 1)) if "," not in args.classes else \
+            [int(c) for c in args.classes.split(",")]
+    except ValueError:
+        raise CLIError(f"--classes: expected a range like 0-4 or a list like 0,2,4, got {args.classes!r}") from None
+    cfg = TrainConfig.preset(args.model, augment=True, epochs=args.epochs, device=args.device, seed=args.seed,
+                             max_steps=args.max_steps)
+    data = load_mnist(args.data)
+    out = Path(args.out) if args.out else default_run_dir(f"base-{args.model}")
+    print(f"data: {data.description}; pretraining {args.model} on digits {classes} only", flush=True)
+    result = {}
+    for ev in pretrain_base(data, classes, run_dir=out, cfg=cfg):
+        if ev["event"] == "epoch":
+            print(f"epoch {ev['epoch']} train_acc={ev['train_acc']:.4f} val_acc={ev.get('val_acc', float('nan')):.4f}",
+                  flush=True)
+        elif ev["event"] == "done":
+            result = ev
+    print(f"test accuracy on digits {classes}: {100 * result['test_acc']:.2f}%; checkpoint {result['checkpoint']}")
+    return {"test_acc": 100 * result["test_acc"], "classes": classes, "checkpoint": result["checkpoint"],
+            "model": args.model}
+
+
+def cmd_samples(args) -> dict:
+    from .samples import SampleStore, import_samples, load_folder
+
+    if args.action == "import":
+        if not args.src:
+            raise CLIError("samples import: give a folder or .zip to import")
+        r = import_samples(args.src, args.out)
+        print(f"read {r['read']} drawings from {args.src}; {r['new']} new, {r['total']} now in {r['out']}")
+        print("per digit: " + "  ".join(f"{d}:{n}" for d, n in enumerate(r["per_class"])))
+        return r
+    src = args.src or SampleStore().root
+    if args.action == "export":
+        s = load_folder(src)
+        out = Path(args.out or "samples.zip")
+        from .checkpoint import atomic_write
+
+        data = s.to_zip()
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+        print(f"wrote {len(s)} drawings to {out} ({len(data) / 1024:.0f} KB)")
+        return {"count": len(s), "out": str(out), "per_class": s.counts()}
+    s = load_folder(src)
+    print(f"{len(s)} drawings; per digit: " + "  ".join(f"{d}:{n}" for d, n in enumerate(s.counts())))
+    return {"count": len(s), "per_class": s.counts()}
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import MODELS
@@ -138,8 +299,70 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios against a same-run reference")
-    b.add_argument("what", choices=["train"])
+    b.add_argument("what", choices=["train", "infer", "load"])
     b.set_defaults(fn=cmd_bench)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX, parity-checked, with a model card")
+    x.add_argument("checkpoint", help="run folder or model.safetensors")
+    x.add_argument("--out", help="output .onnx (default exported/mnist-MODEL.onnx); the card goes next to it")
+    x.add_argument("--fp16", action="store_true", help="also write NAME-fp16.onnx")
+    x.add_argument("--int8", action="store_true", help="also write NAME-int8.onnx (static quantization)")
+    x.add_argument("--data", help="folder with the MNIST IDX files (else $MNIST_DIR, data/, download, sample)")
+    x.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    x.set_defaults(fn=cmd_export)
+
+    pr = sub.add_parser("predict", help="top-3 digits for PNG/JPEG images (drawings or photos)")
+    pr.add_argument("model", help="an exported .onnx model")
+    pr.add_argument("images", nargs="+", help="PNG or JPEG files")
+    pr.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
+    pr.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    pr.set_defaults(fn=cmd_predict)
+
+    from .targets import TARGETS
+
+    ft = sub.add_parser("finetune", help="adapt a checkpoint to a target; compares with training from scratch",
+                        description="targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+    ft.add_argument("checkpoint", help="base run folder or model.safetensors")
+    ft.add_argument("--target", required=True, help="inverted, rotated[:DEG], thick, thin, noisy[:SIGMA], "
+                                                    "new-classes, subset:N or user:DIR")
+    ft.add_argument("--freeze", help="comma-separated layer groups to freeze (e.g. block1,block2); 'features' = "
+                                     "all but head, 'upper' = last feature group + head, 'none' (default: "
+                                     "the target's recipe)")
+    ft.add_argument("--reinit-head", action="store_true", help="start the head from fresh weights")
+    ft.add_argument("--lr", type=float, help="learning rate of the unfrozen body groups (default: the recipe's)")
+    ft.add_argument("--head-lr", type=float, help="learning rate of the head (default: --lr)")
+    ft.add_argument("--scratch-lr", type=float, help="learning rate of the from-scratch baseline")
+    ft.add_argument("--epochs", type=int)
+    ft.add_argument("--max-steps", type=int, help="step budget for fine-tune and baseline alike (default 200)")
+    ft.add_argument("--shots", type=int, help="K examples per class (default 10)")
+    ft.add_argument("--batch-size", type=int)
+    ft.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    ft.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    ft.add_argument("--seed", type=int)
+    ft.add_argument("--no-baseline", action="store_true", help="skip the from-scratch comparison")
+    ft.add_argument("--out", help="run folder for the fine-tuned checkpoint (default runs/ft-TARGET-TIMESTAMP)")
+    ft.set_defaults(fn=cmd_finetune)
+
+    fb = sub.add_parser("finetune-base", help="pretrain a base on some digits only (for --target new-classes)")
+    fb.add_argument("--model", choices=list(MODELS), default="fast")
+    fb.add_argument("--classes", default="0-4", help="digits to learn, e.g. 0-4 (default) or 0,2,4")
+    fb.add_argument("--epochs", type=int, default=2)
+    fb.add_argument("--max-steps", type=int)
+    fb.add_argument("--seed", type=int)
+    fb.add_argument("--out", help="run folder (default runs/base-MODEL-TIMESTAMP)")
+    fb.set_defaults(fn=cmd_finetune_base)
+    for sp in (ft, fb):
+        sp.add_argument("--data", help="folder with the MNIST IDX files (else $MNIST_DIR, data/, download, sample)")
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+
+    sa = sub.add_parser("samples", help="labeled drawings: import PNGs/zips into a store, export a zip, count")
+    sa.add_argument("action", choices=["import", "export", "stats"])
+    sa.add_argument("src", nargs="?", help="import: folder or .zip (<label>/*.png or labels.csv); "
+                                           "export/stats: a samples folder (default data/samples)")
+    sa.add_argument("--out", help="import: store folder (default data/samples); export: zip file")
+    sa.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    sa.set_defaults(fn=cmd_samples)
 
     for sp in (t, e, b):
         sp.add_argument("--data", help="folder with the MNIST IDX files (else $MNIST_DIR, data/, download, sample)")
@@ -153,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .device import DeviceError
-    from .train import TrainingDiverged
+    from .train import TrainingDiverged, TrainingOutOfMemory
 
     try:
         args = build_parser().parse_args(argv)
@@ -161,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (DataError, CheckpointError, DeviceError, TrainingDiverged, ValueError, OSError) as e:
+    except (DataError, CheckpointError, DeviceError, TrainingDiverged, TrainingOutOfMemory, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -109,7 +109,7 @@ class Accurate(MNISTModel):
 
     description = "Deeper BatchNorm CNN (two convs per stage), trained with augmentation for the best accuracy."
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128)):
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()
         c1, c2, c3 = widths
         self.groups = nn.ModuleDict(OrderedDict(

@@ -1,0 +1,341 @@
+"""Export a checkpoint to ONNX, prove it computes the same thing, and describe it.
+
+    card = export_onnx("runs/accurate", "exported/mnist-accurate.onnx", data=load_mnist())
+
+The graph takes `image` float32 [N,1,28,28] in [0,1] (white ink on black; the
+normalisation is inside) and returns `logits` [N,10], with a dynamic batch. It
+is written only after onnx.checker passes and onnxruntime's logits match
+torch's on >= 1,000 real test digits (max |dlogit| <= 1e-4, identical argmax).
+A model card (same stem, .json) records the parity check, the test accuracy
+measured through onnxruntime, size, latency, and any fp16/int8 variants.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, atomic_write, atomic_write_text, load_checkpoint
+from .data import PROJECT_ROOT, MNISTData, load_mnist
+from .evaluate import TorchPredictor
+from .inference import INPUT_NAME, OUTPUT_NAME, OnnxPredictor, cpu_threads, load_predictor
+from .models import count_parameters
+
+OPSET = 18
+PARITY_TOL = 1e-4  # max |logit difference| allowed between torch and onnxruntime (fp32)
+PARITY_MIN = 1000  # real test digits the parity check needs at least
+CARD_FORMAT = "mnist-lab-card/1"
+CALIBRATION_DIGITS = 512  # training digits for int8 calibration (never test digits)
+
+
+class ExportError(ValueError):
+    """The export failed a check (parity, onnx.checker) or its inputs are unusable."""
+
+
+# ------------------------------------------------------------------ helpers
+
+def _quiet():
+    """The exporters and quantizer print progress; the CLI prints its own lines."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+def _rel(path: Path) -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {cpu_threads()} cores"
+
+
+def to_onnx(model: torch.nn.Module):
+    """torch model -> onnx.ModelProto (opset 18, dynamic batch), via the torch.export-based exporter."""
+    model = model.to("cpu").eval()
+    example = torch.rand(2, 1, 28, 28)  # batch 2: a batch of 1 could be specialised into the graph
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET,
+                dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},), verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean "cannot export"
+        raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0][:300]}") from e
+    proto = program.model_proto
+    return proto
+
+
+def _check(proto) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"onnx.checker rejected the graph: {str(e).splitlines()[0][:300]}") from e
+
+
+def _set_metadata(proto, props: dict) -> None:
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, str(v)
+
+
+def _session_from_bytes(blob: bytes, name: Path) -> OnnxPredictor:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = cpu_threads()  # bulk work here: all cores
+    session = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+    return OnnxPredictor(session, name, batch_size=2000)
+
+
+def latency(predictor, images: np.ndarray, runs: int = 500, batch: int = 1000) -> dict:
+    """Single-image p50/p95 (ms) and batch throughput (images/s) for one predictor."""
+    one = images[:1]
+    for _ in range(50):
+        predictor.logits(one)
+    times = np.empty(runs)
+    for i in range(runs):
+        t = time.perf_counter()
+        predictor.logits(one)
+        times[i] = time.perf_counter() - t
+    xb = images[:batch]
+    predictor.logits(xb)
+    bt = []
+    for _ in range(3):
+        t = time.perf_counter()
+        predictor.logits(xb)
+        bt.append(time.perf_counter() - t)
+    return {"single_p50_ms": float(np.median(times) * 1e3), "single_p95_ms": float(np.percentile(times, 95) * 1e3),
+            "batch": int(len(xb)), "batch_images_per_s": float(len(xb) / min(bt)),
+            "provider": predictor.provider, "machine": machine()}
+
+
+def _publish(path: Path) -> None:
+    """atomic_write's temp files are private (0600); exported models are for everyone to read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _write_bytes(path: Path, blob: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    _publish(path)
+
+
+def _write_card(path: Path, card: dict) -> None:
+    atomic_write_text(path, json.dumps(card, indent=2))
+    _publish(path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _float_images(images: torch.Tensor) -> np.ndarray:
+    return (images.numpy().astype(np.float32) * np.float32(1 / 255))[:, None]
+
+
+def _parity(a: np.ndarray, b: np.ndarray, tol: float | None) -> dict:
+    d = float(np.abs(a - b).max()) if len(a) else 0.0
+    agree = int((a.argmax(1) == b.argmax(1)).sum())
+    out = {"n": int(len(a)), "max_abs_dlogit": d, "argmax_agree": agree, "argmax_identical": agree == len(a)}
+    if tol is not None:
+        out.update(tolerance=tol, passed=bool(d <= tol and agree == len(a)))
+    return out
+
+
+# ------------------------------------------------------------------ variants
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and math, float32 input/output (so callers need not change)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    atomic_write(dst, lambda tmp: onnx.save(proto, tmp))
+
+
+def to_int8(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    """Static QDQ int8 (per-channel weights, uint8 activations), calibrated on real training digits.
+    calibration: float32 [N,1,28,28]."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{INPUT_NAME: calibration[i:i + 64]} for i in range(0, len(calibration), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        atomic_write(dst, lambda t: quantize_static(str(pre), t, Reader(), quant_format=QuantFormat.QDQ,
+                                                    per_channel=True, activation_type=QuantType.QUInt8,
+                                                    weight_type=QuantType.QInt8))
+
+
+# ------------------------------------------------------------------ export
+
+def _load_data(data) -> MNISTData:
+    if isinstance(data, MNISTData):
+        return data
+    return load_mnist(data)
+
+
+def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.PathLike, data=None,
+                fp16: bool = False, int8: bool = False) -> dict:
+    """Export, check, measure, and write out_path (+ the card as out_path.with_suffix(".json")).
+
+    checkpoint: a run folder, a model.safetensors, or a loaded Checkpoint.
+    data: an MNISTData, a folder with the IDX files, or None (core.data.load_mnist's search).
+    Returns the card. Raises ExportError (nothing is written) if parity fails.
+    """
+    out_path = Path(out_path)
+    if out_path.suffix != ".onnx":
+        raise ExportError(f"{out_path}: the output must be an .onnx file")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    model = copy.deepcopy(ckpt.model).to("cpu").eval()  # the caller's model keeps its device and mode
+    data = _load_data(data)
+    if len(data.test_labels) < PARITY_MIN:
+        raise ExportError(f"the parity check needs >= {PARITY_MIN:,} real test digits; "
+                          f"{data.description} has {len(data.test_labels):,}")
+    images = _float_images(data.test_images)  # [N,1,28,28] float32: the whole test split
+    labels = data.test_labels.numpy()
+
+    proto = to_onnx(model)
+    _check(proto)
+    blob = proto.SerializeToString()
+    try:
+        ort_logits = _session_from_bytes(blob, out_path).logits(images)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+        raise ExportError(f"onnxruntime cannot run the exported graph: {str(e).splitlines()[0][:300]}") from e
+    torch_logits = TorchPredictor(model, "cpu").logits(images)
+    parity = _parity(torch_logits, ort_logits, PARITY_TOL)
+    if not parity["passed"]:
+        raise ExportError(f"parity check failed on {parity['n']:,} test digits: max |dlogit| "
+                          f"{parity['max_abs_dlogit']:.3g} (bar {PARITY_TOL:g}), argmax agrees on "
+                          f"{parity['argmax_agree']:,}; nothing was written")
+    accuracy = float((ort_logits.argmax(1) == labels).mean())
+    metrics = ckpt.metrics or {}
+    trained_at = metrics.get("trained_at") or time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(Path(ckpt.path).stat().st_mtime if ckpt.path else time.time()))
+    name = out_path.stem
+    props = {
+        "model_name": name, "architecture": ckpt.model_config.name,
+        "test_accuracy": f"{accuracy:.4f}", "test_set": f"{len(labels)} digits ({data.source})",
+        "training_date": trained_at, "source_checkpoint": _rel(ckpt.path) if ckpt.path else "(in memory)",
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input": "image: float32 [N,1,28,28] in [0,1], white ink on black (normalised inside)",
+        "output": "logits: float32 [N,10], digits 0-9", "variant": "fp32", "format": "mnist-lab-onnx/1",
+    }
+    _set_metadata(proto, props)
+    proto.doc_string = getattr(model, "description", "") or ""
+    blob = proto.SerializeToString()
+    _write_bytes(out_path, blob)
+
+    pred = load_predictor(out_path, prefer_gpu=False)  # the file as the app will load it
+    card = {
+        "format": CARD_FORMAT, "name": name, "file": out_path.name, "variant": "fp32",
+        "architecture": ckpt.model_config.name, "description": proto.doc_string,
+        "params": count_parameters(model), "size_bytes": out_path.stat().st_size, "sha256": _sha256(out_path),
+        "opset": OPSET, "input": props["input"], "output": props["output"],
+        "source_checkpoint": props["source_checkpoint"], "training_date": trained_at,
+        "exported_at": props["exported_at"],
+        "train_config": {k: ckpt.train_config.get(k) for k in ("epochs", "optimizer", "lr", "batch_size", "augment",
+                                                              "label_smoothing", "seed") if k in ckpt.train_config},
+        "checkpoint_metrics": {k: metrics[k] for k in ("test_acc", "val_acc", "epoch", "train_seconds", "device")
+                               if k in metrics},
+        "data": {"source": data.source, "description": data.description, "test_size": int(len(labels))},
+        "accuracy": accuracy, "accuracy_torch": float((torch_logits.argmax(1) == labels).mean()),
+        "parity": parity,
+        "latency": latency(pred, images),
+        "variants": [],
+    }
+
+    _write_card(out_path.with_suffix(".json"), card)  # now, so a failing variant never leaves a stale card
+    if fp16 or int8:
+        calibration = _float_images(data.train_images[:CALIBRATION_DIGITS])
+        for kind in (["fp16"] if fp16 else []) + (["int8"] if int8 else []):
+            card["variants"].append(_variant(kind, out_path, card, ort_logits, images, labels, calibration))
+        _write_card(out_path.with_suffix(".json"), card)
+    return card
+
+
+def _variant(kind: str, base: Path, base_card: dict, base_logits: np.ndarray, images: np.ndarray,
+             labels: np.ndarray, calibration: np.ndarray) -> dict:
+    """Write base-<kind>.onnx and its card; return the summary kept in the base card."""
+    import onnx
+
+    path = base.with_name(f"{base.stem}-{kind}.onnx")
+    if kind == "fp16":
+        to_fp16(base, path)
+    else:
+        to_int8(base, path, calibration)
+    proto = onnx.load(str(path))
+    # The converters drop metadata: start again from the base model's.
+    props = {p.key: p.value for p in onnx.load(str(base), load_external_data=False).metadata_props}
+    bulk = _session_from_bytes(proto.SerializeToString(), path)
+    logits = bulk.logits(images)
+    accuracy = float((logits.argmax(1) == labels).mean())
+    props.update(model_name=path.stem, variant=kind, test_accuracy=f"{accuracy:.4f}", base_model=base.name)
+    _set_metadata(proto, props)
+    blob = proto.SerializeToString()
+    _write_bytes(path, blob)
+    pred = load_predictor(path, prefer_gpu=False)
+    lat = latency(pred, images)
+    summary = {"variant": kind, "file": path.name, "size_bytes": path.stat().st_size, "accuracy": accuracy,
+               "vs_fp32": _parity(base_logits, logits, None), "latency": lat,
+               "speedup_vs_fp32": base_card["latency"]["single_p50_ms"] / lat["single_p50_ms"]}
+    card = {**{k: v for k, v in base_card.items() if k not in ("variants", "parity", "latency")},
+            "name": path.stem, "file": path.name, "variant": kind, "base_model": base.name,
+            "size_bytes": summary["size_bytes"], "sha256": _sha256(path), "accuracy": accuracy,
+            "parity_vs_fp32": summary["vs_fp32"], "latency": lat}
+    _write_card(path.with_suffix(".json"), card)
+    return summary
+
+
+def list_exported(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Model cards in folder (default exported/) whose .onnx exists, each with "path" and "card_path"."""
+    from .inference import EXPORT_DIR
+
+    folder = Path(folder) if folder else EXPORT_DIR
+    cards = []
+    for card_path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        onnx_path = card_path.with_suffix(".onnx")
+        if isinstance(card, dict) and card.get("format") == CARD_FORMAT and onnx_path.is_file():
+            cards.append({**card, "path": str(onnx_path), "card_path": str(card_path)})
+    order = {"fp32": 0, "fp16": 1, "int8": 2}  # each base model first, then its variants
+    cards.sort(key=lambda c: (Path(c.get("base_model") or c["file"]).stem, order.get(c.get("variant"), 3), c["name"]))
+    return cards

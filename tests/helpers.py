@@ -1,0 +1,155 @@
+"""Helpers shared by the browser tests (test_browser.py, test_reliability_browser.py):
+start `streamlit run` on a free port, wait for pages, draw with the mouse, read the
+prediction. Needs /usr/bin/chromium; without it tests skip locally and fail in CI.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+STARTUP_S = 90
+PAGE_S = 120  # a cold page may load MNIST and start onnxruntime on a busy 2-core box
+
+
+def require_chromium():
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing in CI: apt-get install chromium")
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); set CI=1 to make this a failure")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict, log: Path, extra_args: tuple[str, ...] = ()):
+    """`streamlit run streamlit_app.py` on a free local port with env; yields its URL."""
+    port = _free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--client.showErrorDetails", "full",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *extra_args],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.returncode not in (0, -15, None) and log.exists():
+            print(log.read_text()[-3000:])
+
+
+def wait_until_idle(page, title: str, timeout_s: float = PAGE_S) -> None:
+    """Wait for the page's own title, then for its script run to finish: Streamlit's
+    root says data-test-script-state="notRunning", with no stale elements or spinners,
+    for a steady 0.8 s (a cached loader's spinner can appear a moment after a run starts)."""
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        state = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state")
+        busy = state != "notRunning" or page.locator(
+            '[data-testid="stSkeleton"], [data-stale="true"], [data-testid="stSpinner"]').count() > 0
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 0.8:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"page '{title}' still running after {timeout_s:.0f} s")
+
+
+def assert_no_errors(page, name: str) -> None:
+    exc = page.locator('[data-testid="stException"]')
+    assert exc.count() == 0, f"{name}: exception shown: {exc.first.inner_text()[:1500]}"
+    err = page.locator('[data-testid="stAlertContentError"]')
+    assert err.count() == 0, f"{name}: error shown: {err.first.inner_text()[:500]}"
+    body = page.locator("body").inner_text()
+    for marker in ("Traceback (most recent call last)", "This app has encountered an error"):
+        assert marker not in body, f"{name}: '{marker}' on the page"
+
+
+def screenshot(page, name: str) -> Path:
+    """The whole page: Streamlit scrolls inside its own container, so Playwright's full_page
+    sees one screen. Grow the viewport to the content's height for the shot instead."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    size = page.viewport_size
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+        '[data-testid="stMain"], [data-testid="stMainBlockContainer"], [data-testid="stAppViewContainer"]')]
+        .map(e => e.scrollHeight), window.innerHeight)""")
+    page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(600)  # let charts re-lay out at the new size
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+    return path
+
+
+# Strokes in units of the canvas side (0-1), drawn the way a person would.
+STROKES = {
+    "1": [[(0.50, 0.15), (0.50, 0.85)]],
+    "7": [[(0.25, 0.18), (0.75, 0.18), (0.42, 0.85)]],
+    "0": [[(0.50, 0.15), (0.30, 0.30), (0.28, 0.60), (0.40, 0.84), (0.60, 0.84), (0.72, 0.60), (0.70, 0.30),
+           (0.50, 0.15)]],
+}
+
+
+def draw(page, canvas_box, strokes) -> None:
+    x0, y0, w, h = canvas_box["x"], canvas_box["y"], canvas_box["width"], canvas_box["height"]
+    for stroke in strokes:
+        (sx, sy), rest = stroke[0], stroke[1:]
+        page.mouse.move(x0 + sx * w, y0 + sy * h)
+        page.mouse.down()
+        for ex, ey in rest:
+            page.mouse.move(x0 + ex * w, y0 + ey * h, steps=12)
+        page.mouse.up()
+
+
+def prediction(page) -> str:
+    metric = page.locator('[data-testid="stMetric"]').filter(has_text="Prediction").first
+    return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def clear(page) -> None:
+    """The canvas toolbar's reset (trash) button; the toolbar lives in the component's DOM."""
+    for sel in ('button[title*="Reset" i]', 'button[aria-label*="Reset" i]', 'button[title*="Clear" i]',
+                'button[aria-label*="Clear" i]'):
+        btn = page.locator(sel)
+        if btn.count():
+            btn.first.click()
+            return
+    raise AssertionError("the canvas toolbar has no reset/clear button")

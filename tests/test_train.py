@@ -1,0 +1,149 @@
+"""Training on real MNIST: loss goes down, accuracy bar, determinism, checkpoints, divergence."""
+import json
+
+import pytest
+import torch
+
+from core import data as D
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.evaluate import TorchPredictor, evaluate
+from core.models import Fast, ModelConfig, build_model
+from core.train import TrainConfig, TrainingDiverged, lr_factor, train
+
+
+def subset(mnist, n_train=6000, n_test=2000):
+    return D.MNISTData(mnist.train_images[:n_train], mnist.train_labels[:n_train],
+                       mnist.test_images[:n_test], mnist.test_labels[:n_test], "dir", "subset")
+
+
+def run(cfg, data, run_dir=None):
+    events = list(train(cfg, data, run_dir))
+    return events, events[-1]
+
+
+def test_a_few_steps_lower_the_loss(mnist):
+    cfg = TrainConfig.preset("fast", max_steps=40, device="cpu", val_size=500)
+    events, done = run(cfg, subset(mnist))
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert {"lr", "images_per_sec", "elapsed"} <= set(events[2])
+
+
+def test_short_real_run_reaches_97_percent(mnist):
+    """300 steps of the fast recipe (~2/3 of an epoch) on the full training set."""
+    cfg = TrainConfig.preset("fast", max_steps=300, device="cpu")
+    events, done = run(cfg, mnist)
+    assert events[0]["event"] == "start" and events[0]["train_size"] == 55000
+    epoch = [e for e in events if e["event"] == "epoch"]
+    assert epoch and epoch[-1]["val_acc"] > 0.97
+    assert done["event"] == "done" and done["test_acc"] >= 0.975, done["test_acc"]
+
+
+def test_same_seed_same_weights_on_cpu(mnist):
+    small = subset(mnist, 3000, 500)
+    cfg = dict(max_steps=15, device="cpu", val_size=300, augment=True)
+    a = run(TrainConfig.preset("fast", seed=7, **cfg), small)[1]["model_obj"].state_dict()
+    b = run(TrainConfig.preset("fast", seed=7, **cfg), small)[1]["model_obj"].state_dict()
+    c = run(TrainConfig.preset("fast", seed=8, **cfg), small)[1]["model_obj"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_checkpoint_round_trip(mnist, tmp_path):
+    cfg = TrainConfig.preset("fast", max_steps=20, device="cpu", val_size=300)
+    done = run(cfg, subset(mnist, 3000, 1000), tmp_path / "run")[1]
+    weights = tmp_path / "run" / "model.safetensors"
+    assert done["checkpoint"] == str(weights)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.model_config.name == "fast" and ckpt.train_config["max_steps"] == 20
+    assert TrainConfig.from_dict(ckpt.train_config) == cfg
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["metrics"]["test_acc"] == pytest.approx(done["test_acc"])
+    x = mnist.test_images[:1000]
+    before = TorchPredictor(done["model_obj"]).predict(x)
+    after = TorchPredictor(ckpt.model).predict(x)
+    # Same weights; the trained copy is channels_last, so allow float reassociation noise.
+    assert abs(before - after).max() < 1e-5 and (before.argmax(1) == after.argmax(1)).all()
+    assert evaluate(ckpt.model, x, mnist.test_labels[:1000])["accuracy"] == pytest.approx(done["test_acc"])
+
+
+def test_checkpoint_errors(tmp_path):
+    # weights of one architecture under another's name
+    save_checkpoint(tmp_path / "mix", build_model("classic"), ModelConfig("fast"), {}, {})
+    with pytest.raises(CheckpointError, match="do not fit the 'fast' architecture"):
+        load_checkpoint(tmp_path / "mix")
+    # tampered bytes
+    bad = tmp_path / "bad" / "model.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(bad)
+    # a pickle is refused by name, never opened
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+class Poisoned(Fast):
+    """A real model whose training forward turns NaN after `after` calls: fault injection."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                out = out * float("nan")
+        return out
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(mnist, tmp_path):
+    small = subset(mnist, 2000, 500)
+    cfg = TrainConfig.preset("fast", epochs=3, batch_size=100, device="cpu", val_size=200)  # 18 steps/epoch
+    # NaN in epoch 2: the epoch-1 checkpoint is kept and named
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2\d.*learning rate") as e:
+        list(train(cfg, small, tmp_path / "run", model=Poisoned(after=20)))
+    assert e.value.checkpoint == str(tmp_path / "run" / "model.safetensors")
+    assert "last good checkpoint is kept" in str(e.value)
+    kept = load_checkpoint(tmp_path / "run")
+    assert kept.metrics["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept.model.state_dict().values() if v.is_floating_point())
+    # NaN before any epoch ends: the previous file is untouched
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingDiverged, match="No epoch had finished") as e:
+        list(train(cfg, small, tmp_path / "run", model=Poisoned(after=3)))
+    assert e.value.checkpoint is None
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_stop_mid_epoch_keeps_last_completed_checkpoint(mnist, tmp_path):
+    small = subset(mnist, 3000, 500)
+    cfg = TrainConfig.preset("fast", epochs=2, device="cpu", val_size=300, batch_size=100)
+    saved = None
+    for ev in train(cfg, small, tmp_path / "run"):
+        if ev["event"] == "epoch":
+            saved = (tmp_path / "run" / "model.safetensors").read_bytes()
+        if ev["event"] == "step" and ev["epoch"] == 2 and ev["step"] == 35:
+            break  # the visitor pressed Stop
+    assert saved is not None
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == saved
+    assert load_checkpoint(tmp_path / "run").metrics["epoch"] == 1
+
+
+@pytest.mark.parametrize("field,value", [("lr", 0.0), ("lr", 1e6), ("batch_size", 0), ("batch_size", 10**6),
+                                         ("epochs", 0), ("model", "resnet"), ("device", "tpu")])
+def test_bad_hyperparameters_refused_with_range(field, value):
+    with pytest.raises(ValueError, match=field):
+        cfg = TrainConfig(model=value) if field == "model" else TrainConfig.preset("fast", **{field: value})
+        cfg.validate()
+
+
+def test_onecycle_schedule_shape():
+    f = [lr_factor(s, 100, "onecycle", 0.2) for s in range(100)]
+    assert f[0] == 0 and max(f) == pytest.approx(1.0) and f.index(max(f)) == 20 and f[-1] < 0.02
