@@ -20,7 +20,7 @@ _API = {
     "TrainConfig": "train", "train": "train", "fit": "train", "TrainingDiverged": "train", "PRESETS": "train",
     "TrainingOutOfMemory": "train", "check_memory": "train",
     # finetune.py, targets.py, samples.py
-    "FinetuneConfig": "finetune", "finetune": "finetune", "pretrain_base": "finetune",
+    "FinetuneConfig": "finetune", "finetune": "finetune", "pretrain_base": "finetune", "RECIPES": "finetune",
     "freeze_groups": "finetune", "unfreeze_all": "finetune", "resolve_groups": "finetune",
     "Target": "targets", "TARGETS": "targets", "build_target": "targets", "shift_images": "targets",
     "SampleSet": "samples", "SampleStore": "samples", "SampleError": "samples", "load_folder": "samples",

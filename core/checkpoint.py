@@ -28,6 +28,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, not ours, corrupt, or for another architecture."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename over path. Nothing half-written is ever visible."""
     path = Path(path)
@@ -36,6 +42,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

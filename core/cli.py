@@ -121,7 +121,9 @@ def cmd_export(args) -> dict:
     from .inference import EXPORT_DIR
 
     ckpt = load_checkpoint(args.checkpoint, "cpu")
-    out = Path(args.out) if args.out else EXPORT_DIR / f"mnist-{ckpt.model_config.name}.onnx"
+    # Default name comes from the run folder, so exporting a run never replaces a shipped model.
+    run_name = ckpt.path.parent.name if ckpt.path is not None else ckpt.model_config.name
+    out = Path(args.out) if args.out else EXPORT_DIR / f"{run_name}.onnx"
     print(f"exporting {ckpt.model_config.name} from {ckpt.path} ...", flush=True)
     card = export_onnx(ckpt, out, data=args.data, fp16=args.fp16, int8=args.int8)
     p, lat = card["parity"], card["latency"]
@@ -216,7 +218,7 @@ def cmd_finetune(args) -> dict:
         print(f"pretraining was worth {100 * r['gain_over_scratch']:+.1f} points over training from scratch "
               f"({r['steps']} steps each); forgetting {100 * r['forgetting']:.1f} points")
     print(f"checkpoint {r['checkpoint']}")
-    pct = {k: (None if r[k] is None else 100 * r[k]) for k in
+    pct = {k: (None if r[k] is None else round(100 * r[k], 2)) for k in
            ("target_acc_before", "target_acc_after", "scratch_target_acc", "original_acc_before",
             "original_acc_after", "forgetting", "gain_over_scratch", "mnist_test_acc")}
     return {**pct, **{k: r[k] for k in ("target", "model", "train_size", "test_size", "steps", "trainable_params",

@@ -51,7 +51,7 @@ RECIPES: dict[str, dict] = {
     "thick": dict(freeze=[UPPER], lr=3e-3),
     "thin": dict(freeze=[UPPER], lr=3e-3),
     "noisy": dict(freeze=[UPPER], lr=3e-3),
-    "rotated": dict(freeze=[], lr=1e-3),
+    "rotated": dict(freeze=[], lr=3e-3),
     "new-classes": dict(freeze=[FEATURES], reinit_head=True, head_lr=1e-2),
 }
 

@@ -225,17 +225,18 @@ def _check_io(session, name: str) -> None:
         raise ModelError(f"{name}: input batch is fixed at {ishape[0]}; export with a dynamic batch")
 
 
-def load_predictor(path: str | os.PathLike = DEFAULT_MODEL, prefer_gpu: bool = True, *,
+def load_predictor(path: str | os.PathLike | None = None, prefer_gpu: bool = True, *,
                    threads: int | None = None, max_bytes: int = MAX_MODEL_BYTES,
                    warmup: bool = True) -> OnnxPredictor:
     """The one session factory: validate the file, pick the provider, tune, warm up.
 
+    path: an .onnx file; None means the shipped default (DEFAULT_MODEL, read at call time).
     threads: CPU intra-op threads (default: default_threads()).
     max_bytes: larger files are refused before anything parses them.
     """
     import onnxruntime as ort
 
-    path = Path(path)
+    path = Path(path) if path is not None else DEFAULT_MODEL
     _check_file(path, max_bytes)
     # Process-wide too: some warnings (e.g. provider fallbacks) come from the default logger,
     # not the session's. Errors still reach the log; chatter does not.

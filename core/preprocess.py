@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 BOX = 20  # the digit's longer side after scaling, as in MNIST
 SIZE = 28
@@ -44,36 +44,32 @@ class Preprocessed:
     ink_fraction: float = 0.0  # ink mass / canvas area
 
 
-def _luma(img: np.ndarray) -> np.ndarray:
-    """uint8 [H,W,3|4] -> uint8 [H,W] brightness (ITU-R 601, as PIL's "L"; alpha ignored).
-    PIL reads the contiguous array as is: slicing off alpha first would cost a copy."""
-    mode = "RGBA" if img.shape[2] == 4 else "RGB"
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img), mode).convert("L"))
+def _to_image(a: np.ndarray) -> Image.Image:
+    """uint8 [H,W], [H,W,3] or [H,W,4] -> a PIL image sharing the layout (no channel slicing:
+    slicing a strided view costs a copy, and PIL's C loops do the rest faster than numpy)."""
+    mode = "L" if a.ndim == 2 else ("RGBA" if a.shape[2] == 4 else "RGB")
+    return Image.fromarray(np.ascontiguousarray(a), mode)
 
 
-def canvas_ink(rgba: np.ndarray) -> np.ndarray:
-    """uint8 [H,W,4] (or [H,W,3], [H,W]) -> ink uint8 [H,W], 255 = full stroke.
-
-    The app draws white strokes on black; other canvases give dark strokes on a
-    transparent or white background. The background is what most of the
-    canvas is, so polarity is decided from it rather than assumed.
-    """
-    if rgba.ndim == 2:
-        luma, alpha = rgba, None
-    else:
-        luma = _luma(rgba)
-        alpha = rgba[..., 3] if rgba.shape[2] == 4 else None
-    if alpha is not None and np.count_nonzero(alpha == 0) > alpha.size // 5:
-        # Transparent background: strokes are the painted pixels, whatever their color.
-        painted = alpha > 0
-        if not painted.any():
-            return np.zeros(luma.shape, np.uint8)
-        dark_strokes = luma[painted].mean() < 128
-        ink = alpha.astype(np.uint16) * ((255 - luma) if dark_strokes else luma)
-        return (ink // 255).astype(np.uint8)
-    if alpha is not None and alpha.min() < 255:
-        # Partly see-through pixels over an opaque background: treat as drawn over black.
-        luma = (luma.astype(np.uint16) * alpha // 255).astype(np.uint8)
+def _ink_from_image(im: Image.Image, luma_im: Image.Image | None = None) -> np.ndarray:
+    if luma_im is None:
+        luma_im = im.convert("L") if im.mode != "L" else im  # ITU-R 601 brightness; alpha ignored
+    if im.mode == "RGBA":
+        alpha_im = im.getchannel("A")
+        hist = alpha_im.histogram()
+        if hist[0] > (im.width * im.height) // 5:
+            # Transparent background: strokes are the painted pixels, whatever their color.
+            if hist[0] == im.width * im.height:
+                return np.zeros((im.height, im.width), np.uint8)
+            luma, alpha = np.asarray(luma_im), np.asarray(alpha_im)
+            dark_strokes = luma[alpha > 0].mean() < 128
+            if dark_strokes:
+                luma_im = Image.fromarray(255 - luma)
+            return np.asarray(ImageChops.multiply(luma_im, alpha_im))  # luma * alpha / 255
+        if hist[255] != im.width * im.height:
+            # Partly see-through pixels over an opaque background: treat as drawn over black.
+            luma_im = ImageChops.multiply(luma_im, alpha_im)
+    luma = np.asarray(luma_im)
     bg = int(np.median(luma[::4, ::4]))  # the background level; a sparse sample is plenty
     if bg == 0:
         return luma  # the app's own canvas: white on black, nothing to do
@@ -83,6 +79,16 @@ def canvas_ink(rgba: np.ndarray) -> np.ndarray:
     light = bg >= 128
     diff = (bg - luma.astype(np.int16)) if light else (luma.astype(np.int16) - bg)
     return (np.clip(diff, 0, None) * (255.0 / (bg if light else 255 - bg))).astype(np.uint8)
+
+
+def canvas_ink(rgba: np.ndarray) -> np.ndarray:
+    """uint8 [H,W,4] (or [H,W,3], [H,W]) -> ink uint8 [H,W], 255 = full stroke.
+
+    The app draws white strokes on black; other canvases give dark strokes on a
+    transparent or white background. The background is what most of the
+    canvas is, so polarity is decided from it rather than assumed.
+    """
+    return _ink_from_image(_to_image(rgba))
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -138,21 +144,26 @@ def mnist_layout(ink: np.ndarray, bbox: tuple[int, int, int, int]) -> tuple[np.n
     return out, steps
 
 
+_FLOOR_LUT = np.arange(256, dtype=np.uint8)
+_FLOOR_LUT[:INK_FLOOR] = 0
+
+
 def _from_ink(ink: np.ndarray, min_ink: float, min_extent: float, trim: float = 0.0) -> Preprocessed:
-    steps = {"ink": ink.astype(np.float32) / 255.0}
-    mask = ink >= INK_FLOOR
-    area = ink.size
-    if not mask.any():
+    steps = {"ink": ink.astype(np.float32) * np.float32(1 / 255)}
+    ink = _FLOOR_LUT[ink]  # fringe and noise below INK_FLOOR -> 0 (a table lookup)
+    box = Image.fromarray(ink).getbbox()  # (left, top, right, bottom) of nonzero pixels, in C
+    if box is None:
         return Preprocessed(True, "no digit: the canvas is empty", steps=steps)
-    mass = float(ink[mask].sum(dtype=np.int64)) / 255.0
-    frac = mass / area
-    bbox = _trimmed_bbox(ink, mask, trim)
+    frac = float(ink.sum(dtype=np.int64)) / 255.0 / ink.size
+    left, top, right, bottom = box
+    bbox = (top, left, bottom, right)
+    if trim > 0:
+        bbox = _trimmed_bbox(ink, ink > 0, trim)
     t, l, b, r = bbox
     extent = max(b - t, r - l) / max(ink.shape)
     if frac < min_ink or extent < min_extent:
         return Preprocessed(True, "no digit: only a dot or a stray mark; draw a digit larger",
                             steps=steps, bbox=bbox, ink_fraction=frac)
-    ink = np.where(mask, ink, 0).astype(np.uint8)
     image, more = mnist_layout(ink, bbox)
     steps.update(more)
     return Preprocessed(False, "", image, steps, bbox, frac)
@@ -184,14 +195,19 @@ def preprocess_canvas(rgba: np.ndarray, *, min_ink: float = 0.002, min_extent: f
         raise ValueError(f"canvas of {a.shape[1]:,}x{a.shape[0]:,} pixels is too large")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).any():
         return Preprocessed(True, "no digit: the canvas data is invalid (not a number)")
-    u8 = _as_uint8(a)
-    color = u8 if u8.ndim == 2 else u8[..., :3]
-    opaque = u8.ndim == 2 or u8.shape[2] == 3 or int(u8[..., 3].min()) == 255
-    if opaque and int(color.max()) - int(color.min()) < INK_FLOOR and int(color.min()) > 128:
-        # Solid bright canvas: on this app's black canvas that is ink edge to edge. Say so,
-        # rather than calling a scribbled-over canvas "empty".
-        return Preprocessed(True, "no digit: the canvas is covered in ink edge to edge; clear it and draw a digit")
-    return _from_ink(canvas_ink(u8), min_ink, min_extent)
+    im = _to_image(_as_uint8(a))
+    luma_im = im.convert("L") if im.mode != "L" else im
+    lo, hi = luma_im.getextrema()
+    if hi - lo < INK_FLOOR and lo > 128:  # cheap pre-test on one band; the full test only when it passes
+        ext = im.getextrema()
+        bands = [ext] if im.mode == "L" else list(ext)
+        opaque = im.mode != "RGBA" or bands[3][0] == 255
+        cmin, cmax = min(b[0] for b in bands[:3]), max(b[1] for b in bands[:3])
+        if opaque and cmax - cmin < INK_FLOOR and cmin > 128:
+            # Solid bright canvas: on this app's black canvas that is ink edge to edge. Say so,
+            # rather than calling a scribbled-over canvas "empty".
+            return Preprocessed(True, "no digit: the canvas is covered in ink edge to edge; clear it and draw a digit")
+    return _from_ink(_ink_from_image(im, luma_im), min_ink, min_extent)
 
 
 def _background(gray: np.ndarray, q: float, blocks: int = 8) -> np.ndarray:

@@ -149,11 +149,13 @@ def test_new_classes_needs_a_0_to_4_base_and_learns_5_to_9(base_dir, mnist, tmp_
     done = [e for e in pretrain_base(mnist, (0, 1, 2, 3, 4), run_dir=tmp_path / "b04", cfg=cfg)][-1]
     assert done["classes"] == [0, 1, 2, 3, 4] and done["test_acc"] > 0.9
     assert load_checkpoint(tmp_path / "b04").metrics["classes"] == [0, 1, 2, 3, 4]
-    ft = FinetuneConfig(target="new-classes", max_steps=60, device="cpu", max_test=1000, eval_every=1000,
-                        baseline=False)
-    _, r = _run(ft, tmp_path / "b04", mnist)
+    # The recipe: frozen features, a fresh head (the old one learned that 5-9 never happen).
+    ft = FinetuneConfig.recommended("new-classes", max_steps=60, device="cpu", max_test=1000, eval_every=1000,
+                                    baseline=False)
+    events, r = _run(ft, tmp_path / "b04", mnist)
+    assert events[0]["frozen_groups"] == ["block1", "block2", "block3"] and events[0]["train_size"] == 50
     assert r["target_acc_before"] < 0.05  # it has never seen a 5-9
-    assert r["target_acc_after"] > 0.6 and r["original_acc_before"] > 0.9
+    assert r["target_acc_after"] > 0.7 and r["original_acc_before"] > 0.9
 
 
 def test_cli_finetune_json(base_dir, mnist_dir, tmp_path, capsys):
