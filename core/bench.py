@@ -317,7 +317,8 @@ def bench_load(data_dir=None, emit=print, threads: int = 32, per_thread: int = 2
     identical = int(np.all(r["probs"] == solo[idx], axis=2).sum())
     solo_p50 = float(np.median(solo_lat))
     emit(f"{pred.name} on {pred.provider}: {threads} threads x {per_thread} predictions on one shared session")
-    emit(f"  errors: {len(r['errors'])}; identical to the single-threaded result: {identical:,}/{threads * per_thread:,}")
+    emit(f"  errors: {len(r['errors'])}; identical to the single-threaded result: "
+         f"{identical:,}/{threads * per_thread:,}")
     emit(f"  latency per prediction under load: p50 {r['p50_ms']:.3f} ms, p95 {r['p95_ms']:.3f} ms "
          f"(single-threaded p50 {solo_p50:.3f} ms: {r['p50_ms'] / solo_p50:.1f}x); "
          f"throughput {r['throughput']:,.0f} predictions/s")

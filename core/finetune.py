@@ -218,7 +218,16 @@ def _run(model, cfg: TrainConfig, target_dev, phase: str, eval_every: int, devic
         yield ev
         if ev["event"] == "step" and (ev["step"] % eval_every == 0 or ev["step"] == ev["total_steps"]):
             # The generator is paused here, so evaluating cannot disturb a step in flight.
-            yield {"event": "eval", "phase": phase, "step": ev["step"], "target_acc": evaluate_loss_acc(model, vx, vy)[1]}
+            acc = evaluate_loss_acc(model, vx, vy)[1]
+            yield {"event": "eval", "phase": phase, "step": ev["step"], "total_steps": ev["total_steps"],
+                   "target_acc": acc}
+
+
+def _final_acc(model, evals: list[dict], x, y) -> float:
+    """Target accuracy after training: the last eval event when it was taken at the end."""
+    if evals and evals[-1]["step"] == evals[-1].get("total_steps"):
+        return evals[-1]["target_acc"]
+    return evaluate_loss_acc(model, x, y)[1]
 
 
 def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str | Path | None = None,
@@ -269,14 +278,14 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    ft_events = []
+    ft_evals = []
     for ev in _run(model, tcfg, target_dev, "finetune", cfg.eval_every, device):
         if ev["event"] == "eval":
-            ft_events.append(ev)
+            ft_evals.append(ev)
         yield ev
     finetune_seconds = time.perf_counter() - t0
     model.eval()
-    target_after = evaluate_loss_acc(model, target_dev[2], target_dev[3])[1]
+    target_after = _final_acc(model, ft_evals, target_dev[2], target_dev[3])
     original_after = evaluate_loss_acc(model, orig_x, orig_y)[1]
     unfreeze_all(model)
     mnist_test_acc = evaluate_loss_acc(model, data.test_images.to(device), data.test_labels.to(device))[1]
@@ -287,9 +296,13 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
         scratch = build_model(ModelConfig(name=model_name, num_classes=base.model_config.num_classes))
         scfg = cfg.train_config(model_name, steps_per_epoch, scratch=True)
         t1 = time.perf_counter()
-        yield from _run(scratch, scfg, target_dev, "scratch", cfg.eval_every, device)
+        sc_evals = []
+        for ev in _run(scratch, scfg, target_dev, "scratch", cfg.eval_every, device):
+            if ev["event"] == "eval":
+                sc_evals.append(ev)
+            yield ev
         scratch_seconds = time.perf_counter() - t1
-        scratch_acc = evaluate_loss_acc(scratch, target_dev[2], target_dev[3])[1]
+        scratch_acc = _final_acc(scratch, sc_evals, target_dev[2], target_dev[3])
         del scratch
 
     results = {
@@ -298,7 +311,7 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
         "original_acc_before": original_before, "original_acc_after": original_after,
         "forgetting": original_before - original_after,
         "gain_over_scratch": None if scratch_acc is None else target_after - scratch_acc,
-        "train_size": n_train, "test_size": len(target.test_labels), "steps": ft_events[-1]["step"],
+        "train_size": n_train, "test_size": len(target.test_labels), "steps": ft_evals[-1]["step"],
         "trainable_params": trainable, "frozen_params": total_params - trainable, "frozen_groups": frozen,
         "finetune_seconds": finetune_seconds, "scratch_seconds": scratch_seconds,
     }

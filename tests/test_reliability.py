@@ -420,8 +420,8 @@ def test_draw_page_explains_an_all_ink_canvas(app):
 # ============================================================== bad input: names
 
 NASTY = ["../../etc/passwd", "/etc/passwd", "/tmp/../../root/.ssh/id_rsa", "..", ".hidden", "C:\\Windows\\x",
-         "a/../../b", "run\x00name", "x" * 500, "Mon modèle №1", "数字モデル", "\u202egnp.exe", "con", "--rm -rf",
-         "~/.bashrc", "%2e%2e%2fetc"]
+         "a/../../b", "run\x00name", "x" * 500, "Mon modèle №1", "数字モデル", "\u202egnp.exe", "con",
+         "--rm -rf", "~/.bashrc", "%2e%2e%2fetc"]
 
 
 def test_names_never_escape_their_folder(tmp_path):
@@ -892,8 +892,8 @@ def test_streamlit_config_is_fit_for_a_public_deployment():
 def test_public_error_strips_paths():
     from pages.common import public_error
 
-    msg = public_error(RuntimeError("/work/shared/mnist: missing t10k-images; kept: /tmp/s/ab12/runs/x/model.safetensors. "
-                                    "See https://example.com/a/b or C:\\Users\\bob\\m.onnx"))
+    msg = public_error(RuntimeError("/work/shared/mnist: missing t10k-images; kept: /tmp/s/ab12/runs/x/model."
+                                    "safetensors. See https://example.com/a/b or C:\\Users\\bob\\m.onnx"))
     assert msg == ("mnist: missing t10k-images; kept: model.safetensors. See https://example.com/a/b or m.onnx")
 
 

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.samples import MAX_MEMBER_BYTES, SampleError, SampleSet, SampleStore, import_samples, load_folder
@@ -52,7 +53,7 @@ def test_zip_round_trip_is_exact(digits):
         assert back[sid].label == s[sid].label
         np.testing.assert_array_equal(back[sid].image, s[sid].image)
     x, y = back.tensors()
-    assert x.dtype.is_floating_point is False and tuple(x.shape) == (40, 28, 28) and sorted(y.tolist()) == sorted(labels)
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (40, 28, 28) and sorted(y.tolist()) == sorted(labels)
 
     back.remove(ids[0])
     assert ids[0] not in back and len(back) == 39
