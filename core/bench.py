@@ -69,7 +69,7 @@ def seeds_recipe(root: Path, emit=lambda *_: None) -> dict:
             emit(f"  seeds' recipe: step {i}/{len(loader)} loss {loss.item():.3f}")
     seconds = time.perf_counter() - t0
     x_test = torch.stack([test_set[i][0] for i in range(len(test_set))])
-    y_test = torch.tensor(test_set.targets)
+    y_test = test_set.targets.clone()
     probs = TorchPredictor(model, "cpu").predict(x_test)
     acc = float((probs.argmax(1) == y_test.numpy()).mean())
     return {"train_seconds": seconds, "test_acc": acc}

@@ -169,6 +169,7 @@ def _pct(v) -> str:
 def cmd_finetune(args) -> dict:
     from .data import load_mnist
     from .finetune import FinetuneConfig, finetune
+    from .targets import KINDS, TARGETS, parse_spec
 
     freeze = None if args.freeze is None else [g.strip() for g in args.freeze.split(",") if g.strip()]
     overrides = {"freeze": freeze, "lr": args.lr,
@@ -180,6 +181,8 @@ def cmd_finetune(args) -> dict:
     if args.epochs is not None and args.max_steps is None:
         cfg.max_steps = None  # --epochs alone sets the budget
     cfg.validate()
+    if parse_spec(args.target)[0] not in KINDS:  # before the slow part: loading MNIST
+        raise CLIError(f"--target: unknown target {args.target!r}; choose one of " + ", ".join(TARGETS))
     data = load_mnist(args.data)
     safe = "".join(c if c.isalnum() or c in "-." else "-" for c in args.target.split("/")[-1])[:40]
     out = Path(args.out) if args.out else default_run_dir(f"ft-{safe}")

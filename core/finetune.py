@@ -12,6 +12,10 @@ Events, in order:
   done    target_acc_before/after, scratch_target_acc, original_acc_before/after (fractions),
           forgetting, gain_over_scratch, checkpoint, model_obj
 
+Defaults per target come from RECIPES via FinetuneConfig.recommended(target), which
+the CLI uses. Freeze names are model.groups keys plus two aliases: "features" (all
+but the head, a linear probe) and "upper" (the last feature group and the head).
+
 Freezing a group means requires_grad=False *and* the group runs in eval mode,
 so its BatchNorm running statistics (buffers, not parameters) stay as they
 were and its dropout is off: the frozen layers compute exactly what they

@@ -5,8 +5,9 @@
     target.test_images    # uint8 [10000,28,28]: the MNIST *test* split, same transform
 
 Train and test come from different MNIST splits, so they are disjoint by
-construction. Every image stays uint8 [N,28,28] white-on-black-or-not, the
-format `core.train.fit` takes, so a target is just tensors.
+construction. Every image stays uint8 [N,28,28] (the shift decides the
+polarity: `inverted` is black on white), the format `core.train.fit` takes,
+so a target is just tensors.
 
 Specs: rotated[:DEG], inverted, thick, thin, noisy[:SIGMA], new-classes,
 subset:N, user:DIR (drawings in the core.samples folder format).
@@ -140,6 +141,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 SHIFTS = {"rotated", "inverted", "thick", "thin", "noisy"}
+KINDS = SHIFTS | {"new-classes", "subset", "user"}
 
 
 def shift_images(kind: str, images: torch.Tensor, arg: str | None = None, seed: int = 0) -> torch.Tensor:

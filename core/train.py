@@ -191,7 +191,7 @@ class TrainConfig:
         return self
 
 
-WARMUP_FLOOR_STEPS = 100  # BatchNorm nets blow up if a high lr arrives within a few steps
+WARMUP_FLOOR_STEPS = 50  # BatchNorm nets blow up if a high lr arrives within a few steps
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:

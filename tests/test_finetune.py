@@ -4,13 +4,11 @@ from scratch in the default scenario."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from core.checkpoint import load_checkpoint
 from core.finetune import FinetuneConfig, finetune, freeze_groups, pretrain_base, resolve_groups
