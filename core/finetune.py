@@ -211,6 +211,14 @@ def trained_classes(ckpt: Checkpoint) -> list[int]:
     return list(ckpt.metrics.get("classes") or ckpt.train_config.get("classes") or range(10))
 
 
+def _run_collecting(model, tcfg, target_dev, tag, every, device, evals: list[dict]):
+    """_run's events, passed through, with the "eval" ones also kept in evals for the final score."""
+    for ev in _run(model, tcfg, target_dev, tag, every, device):
+        if ev["event"] == "eval":
+            evals.append(ev)
+        yield ev
+
+
 def _run(model, cfg: TrainConfig, target_dev, phase: str, eval_every: int, device) -> Iterator[dict]:
     tx, ty, vx, vy = target_dev
     total = cfg.epochs * max(1, len(ty) // min(cfg.batch_size, len(ty)))  # as fit counts them
@@ -282,11 +290,8 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    ft_evals = []
-    for ev in _run(model, tcfg, target_dev, "finetune", cfg.eval_every, device):
-        if ev["event"] == "eval":
-            ft_evals.append(ev)
-        yield ev
+    ft_evals: list[dict] = []
+    yield from _run_collecting(model, tcfg, target_dev, "finetune", cfg.eval_every, device, ft_evals)
     finetune_seconds = time.perf_counter() - t0
     model.eval()
     target_after = _final_acc(model, ft_evals, target_dev[2], target_dev[3])
@@ -300,11 +305,8 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
         scratch = build_model(ModelConfig(name=model_name, num_classes=base.model_config.num_classes))
         scfg = cfg.train_config(model_name, steps_per_epoch, scratch=True)
         t1 = time.perf_counter()
-        sc_evals = []
-        for ev in _run(scratch, scfg, target_dev, "scratch", cfg.eval_every, device):
-            if ev["event"] == "eval":
-                sc_evals.append(ev)
-            yield ev
+        sc_evals: list[dict] = []
+        yield from _run_collecting(scratch, scfg, target_dev, "scratch", cfg.eval_every, device, sc_evals)
         scratch_seconds = time.perf_counter() - t1
         scratch_acc = _final_acc(scratch, sc_evals, target_dev[2], target_dev[3])
         del scratch
