@@ -1,6 +1,8 @@
 """MNIST Lab: navigation only. Each page lives in pages/ and calls into core/."""
 import streamlit as st
 
+from pages.common import app_navigation
+
 st.set_page_config(page_title="MNIST Lab", page_icon="✍️", layout="wide")
 
 pages = {
@@ -17,4 +19,6 @@ pages = {
         st.Page("pages/insights.py", title="Insights", icon=":material/visibility:", url_path="insights"),
     ],
 }
-st.navigation(pages).run()
+page = st.navigation(pages)
+with app_navigation():  # marks this run as v2 navigation (see pages.common)
+    page.run()

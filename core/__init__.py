@@ -18,7 +18,7 @@ _API = {
     "MODELS": "models", "ModelConfig": "models", "build_model": "models", "count_parameters": "models",
     # train.py
     "TrainConfig": "train", "train": "train", "fit": "train", "TrainingDiverged": "train", "PRESETS": "train",
-    "TrainingOutOfMemory": "train", "check_memory": "train",
+    "TrainingOutOfMemory": "train", "check_memory": "train", "warm_up": "train",
     # finetune.py, targets.py, samples.py
     "FinetuneConfig": "finetune", "finetune": "finetune", "pretrain_base": "finetune", "RECIPES": "finetune",
     "freeze_groups": "finetune", "unfreeze_all": "finetune", "resolve_groups": "finetune",

@@ -77,11 +77,13 @@ def cmd_train(args) -> dict:
             result = ev
     if bar is not None:
         bar.close()
+    warm = result.get("warmup_seconds") or 0.0
     print(f"test accuracy {100 * result['test_acc']:.2f}% in {result['train_seconds']:.1f}s of training "
-          f"on {result['device']}; checkpoint {result['checkpoint']}")
+          f"on {result['device']}" + (f" (+{warm:.1f}s one-time GPU start-up)" if warm >= 0.05 else "")
+          + f"; checkpoint {result['checkpoint']}")
     return {"test_acc": 100 * result["test_acc"], "test_loss": result["test_loss"],
             "val_acc": 100 * result.get("val_acc", float("nan")), "train_seconds": result["train_seconds"],
-            "device": result["device"], "checkpoint": result["checkpoint"], "model": args.model,
+            "warmup_seconds": result.get("warmup_seconds", 0.0), "device": result["device"], "checkpoint": result["checkpoint"], "model": args.model,
             "steps": result.get("step"), "data_source": data.source}
 
 

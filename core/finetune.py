@@ -41,7 +41,7 @@ from .data import MNISTData
 from .device import configure_cpu, device_name, resolve_device
 from .models import MNISTModel, ModelConfig, build_model, count_parameters
 from .targets import BASE_CLASSES, Target, build_target
-from .train import TrainConfig, evaluate_loss_acc, fit
+from .train import TrainConfig, evaluate_loss_acc, fit, warm_up
 
 FEATURES = "features"  # alias: every group except the head (a linear probe)
 UPPER = "upper"  # alias: the last feature group and the head (just the head on a 2-group model)
@@ -288,6 +288,7 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
         reinit_head(model, cfg.seed)
         model.to(device)
 
+    warm_up(model, tcfg, device, min(tcfg.batch_size, n_train))  # GPU start-up is not fine-tuning time
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     ft_evals: list[dict] = []
@@ -302,7 +303,7 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
     scratch_acc, scratch_seconds = None, None
     if cfg.baseline:
         torch.manual_seed(cfg.seed)  # same init recipe the base model had; no pretraining
-        scratch = build_model(ModelConfig(name=model_name, num_classes=base.model_config.num_classes))
+        scratch = build_model(ModelConfig(name=model_name, num_classes=base.model_config.num_classes)).to(device)
         scfg = cfg.train_config(model_name, steps_per_epoch, scratch=True)
         t1 = time.perf_counter()
         sc_evals: list[dict] = []

@@ -7,8 +7,10 @@ State has three homes:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -19,21 +21,43 @@ import core
 from core.data import PROJECT_ROOT
 
 
+# Set for the length of a script run by streamlit_app.py around the page it runs (thread-local:
+# each session's script runs in its own thread).
+_NAV = threading.local()
+
+
+@contextlib.contextmanager
+def app_navigation():
+    """streamlit_app.py runs the chosen page inside this, so a page knows it came through
+    st.navigation and not through Streamlit's v1 pages/ folder mode."""
+    _NAV.active = True
+    try:
+        yield
+    finally:
+        _NAV.active = False
+
+
 def _leave_v1_pages_mode() -> None:
     """Streamlit treats a folder named pages/ next to the entrypoint as a v1 multipage app
     until the first st.navigation() call in the process. So on a fresh server, a visitor
-    whose first request is a deep link (/draw) would get pages/draw.py run on its own:
-    no page config, and a menu listing every file in pages/ (common.py included).
-    Every page imports this module, so the first such run switches v1 off and reruns,
-    which goes through streamlit_app.py and its st.navigation as intended."""
-    from streamlit.runtime.pages_manager import PagesManager
+    whose first request is a deep link (/draw) gets pages/draw.py run on its own: no page
+    config, and a menu listing every file in pages/ (common.py included).
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    Such a run did not come through streamlit_app.py, so it switches v1 off and reruns,
+    which then goes through streamlit_app.py and its st.navigation. The test is this run's
+    own marker, not the process-wide flag: when five visitors deep-link at once, each of
+    their v1 runs must rerun, not only the first. At most once per visitor, because a rerun
+    drops a pending button click (AppTest, which puts every run in v1 mode, relies on that).
+    This runs in page_header (the first call of every page), never at import: the old
+    import-time rerun, hit by several sessions importing pages.common at once, left some of
+    them a half-imported module ("cannot import name 'get_predictor'")."""
+    if getattr(_NAV, "active", False) or st.session_state.get("_left_v1_pages_mode"):
+        return
+    from streamlit.runtime.pages_manager import PagesManager  # no public switch exists
 
-
-_leave_v1_pages_mode()
+    PagesManager.uses_pages_directory = False
+    st.session_state["_left_v1_pages_mode"] = True
+    st.rerun()
 
 # Each visitor's runs and exports live in SESSIONS_DIR/<session id>/ (tests point it elsewhere).
 SESSIONS_DIR = Path(os.environ.get("MNIST_LAB_SESSIONS") or PROJECT_ROOT / "runs" / "sessions")
@@ -178,6 +202,7 @@ def onnx_provider() -> str:
 
 
 def page_header(title: str, intro: str) -> None:
+    _leave_v1_pages_mode()
     st.title(title)
     st.caption(intro)
 

@@ -14,7 +14,8 @@ def _write_idx(path, arr, magic=None, gz=False):
     arr = np.asarray(arr, np.uint8)
     magic = magic if magic is not None else (0x0803 if arr.ndim == 3 else 0x0801)
     raw = struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    (gzip.open if gz else open)(path, "wb").write(raw)
+    with (gzip.open if gz else open)(path, "wb") as f:  # closed before anyone reads it back
+        f.write(raw)
     return path
 
 
