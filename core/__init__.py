@@ -9,7 +9,7 @@ from importlib import import_module
 _API = {
     # data.py
     "MNISTData": "data", "DataError": "data", "load_mnist": "data", "load_dir": "data", "load_sample": "data",
-    "read_idx": "data", "split_validation": "data", "to_float": "data",
+    "read_idx": "data", "split_validation": "data", "validation_size": "data", "to_float": "data",
     # augment.py
     "AugmentConfig": "augment", "augment": "augment",
     # device.py
@@ -18,7 +18,8 @@ _API = {
     "MODELS": "models", "ModelConfig": "models", "build_model": "models", "count_parameters": "models",
     # train.py
     "TrainConfig": "train", "train": "train", "fit": "train", "TrainingDiverged": "train", "PRESETS": "train",
-    "TrainingOutOfMemory": "train", "check_memory": "train", "warm_up": "train",
+    "TrainingOutOfMemory": "train", "check_memory": "train", "warm_up": "train", "default_epochs": "train",
+    "total_steps": "train",
     # finetune.py, targets.py, samples.py
     "FinetuneConfig": "finetune", "finetune": "finetune", "pretrain_base": "finetune", "RECIPES": "finetune",
     "freeze_groups": "finetune", "unfreeze_all": "finetune", "resolve_groups": "finetune",

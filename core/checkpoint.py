@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import check_model_file
 from .models import MNISTModel, ModelConfig, build_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -28,10 +29,10 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, not ours, corrupt, or for another architecture."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# The process umask, read once: os.umask can only be read by setting it, and doing that on every
+# write would briefly give other threads (the app's training jobs) a umask of 0.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -42,7 +43,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,12 +110,7 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    size = path.stat().st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path.name}: {size / 2**20:.0f} MB is over the {MAX_CHECKPOINT_BYTES / 2**20:.0f} MB "
-                              "limit for MNIST checkpoints; refusing to load it")
+    check_model_file(path, MAX_CHECKPOINT_BYTES, CheckpointError, "checkpoint")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path.name}: checkpoints are .safetensors files (pickled .pt/.pth files "
                               "are refused: loading them could run arbitrary code)")

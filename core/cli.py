@@ -41,21 +41,27 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
-def default_run_dir(model: str) -> Path:
+def default_run_dir(name: str) -> Path:
+    """runs/NAME-TIMESTAMP, made safe, with a -2, -3... suffix if a run started in the same second."""
     from .data import PROJECT_ROOT
+    from .names import safe_name, unique_name
 
-    return PROJECT_ROOT / "runs" / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs = PROJECT_ROOT / "runs"
+    taken = {p.name for p in runs.iterdir()} if runs.is_dir() else set()
+    return runs / unique_name(safe_name(f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"), taken)
 
 
 def cmd_train(args) -> dict:
     from .data import load_mnist
-    from .train import TrainConfig, train
+    from .train import TrainConfig, default_epochs, total_steps, train
 
     cfg = TrainConfig.preset(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, device=args.device, max_steps=args.max_steps,
                              augment=args.augment, optimizer=args.optimizer)
     cfg.validate()
     data = load_mnist(args.data)
+    if args.epochs is None:  # the preset, or more on a small dataset (the offline sample)
+        cfg.epochs = default_epochs(args.model, len(data.train_labels))
     out = Path(args.out) if args.out else default_run_dir(args.model)
     print(f"data: {data.description}", flush=True)
     bar, result = None, {}
@@ -64,8 +70,7 @@ def cmd_train(args) -> dict:
         if kind == "start":
             print(f"training {ev['model']} ({ev['params']:,} params) on {ev['device']}: "
                   f"{ev['train_size']:,} train / {ev['val_size']:,} validation digits", flush=True)
-            bar = _progress(cfg.epochs * max(1, ev["train_size"] // min(cfg.batch_size, ev["train_size"]))
-                            if not cfg.max_steps else cfg.max_steps, "train")
+            bar = _progress(total_steps(cfg, ev["train_size"]), "train")
         elif kind == "step" and bar is not None:
             bar.n = ev["step"]
             bar.set_postfix(loss=f"{ev['loss']:.3f}", img_s=f"{ev['images_per_sec']:.0f}", refresh=True)
@@ -186,8 +191,7 @@ def cmd_finetune(args) -> dict:
     if parse_spec(args.target)[0] not in KINDS:  # before the slow part: loading MNIST
         raise CLIError(f"--target: unknown target {args.target!r}; choose one of " + ", ".join(TARGETS))
     data = load_mnist(args.data)
-    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in args.target.split("/")[-1])[:40]
-    out = Path(args.out) if args.out else default_run_dir(f"ft-{safe}")
+    out = Path(args.out) if args.out else default_run_dir(f"ft-{args.target.split('/')[-1]}")
     print(f"data: {data.description}", flush=True)
     bar, result = None, {}
     for ev in finetune(cfg, args.checkpoint, data, run_dir=out):

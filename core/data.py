@@ -243,9 +243,15 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, allow_download: boo
 
 # ---------------------------------------------------------------------- batches
 
+def validation_size(n_images: int, n_val: int = 5000) -> int:
+    """How many of n_images training digits split_validation holds out: at most a tenth (the
+    4,000-digit offline sample keeps 400)."""
+    return min(n_val, n_images // 10)
+
+
 def split_validation(images: torch.Tensor, labels: torch.Tensor, n_val: int = 5000, seed: int = 0):
     """Hold out n_val training digits with a fixed seed -> (train_x, train_y, val_x, val_y)."""
-    n_val = min(n_val, len(labels) // 10)  # the 4,000-digit offline sample keeps 400
+    n_val = validation_size(len(labels), n_val)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=g).to(labels.device)
     val, train = perm[:n_val], perm[n_val:]

@@ -32,8 +32,9 @@ def resolve_device(requested: str | torch.device = "auto") -> torch.device:
 
 
 def configure_cpu() -> int:
-    """Use every core for intra-op work and none for inter-op: small convs on a
-    2-core box lose to thread hand-off otherwise. Returns the thread count."""
+    """Use every core this process may run on for intra-op work (torch's default can count
+    cores outside the affinity mask, and oversubscribed small convs lose to thread hand-off).
+    Returns the thread count."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n

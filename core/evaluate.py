@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data import to_float
+from .inference import softmax  # one softmax for both paths (inference.py has no torch)
 
 
 class Predictor(Protocol):
@@ -41,7 +42,9 @@ def as_float_batch(images) -> np.ndarray | torch.Tensor:
 class TorchPredictor:
     """Wraps a torch model: predict(images) -> softmax probabilities, float32 numpy [N,10]."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", batch_size: int = 2048):
+    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None, batch_size: int = 2048):
+        # None: wherever the model's weights already are (a GPU model stays on the GPU).
+        device = device if device is not None else next(model.parameters()).device
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -59,13 +62,7 @@ class TorchPredictor:
         return softmax(self.logits(images))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def predict(model_or_predictor, images, device: torch.device | str = "cpu") -> np.ndarray:
+def predict(model_or_predictor, images, device: torch.device | str | None = None) -> np.ndarray:
     """probs [N,10] from a torch model or any object with .predict."""
     if hasattr(model_or_predictor, "predict"):
         return model_or_predictor.predict(images)
@@ -92,7 +89,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int = 10) -> np.n
     return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
 
 
-def evaluate(model_or_predictor, images, labels, device: torch.device | str = "cpu",
+def evaluate(model_or_predictor, images, labels, device: torch.device | str | None = None,
              top_mistakes: int = 50) -> dict:
     """Full report on (images, labels). Accuracies are fractions in [0,1]."""
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)

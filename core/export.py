@@ -135,21 +135,12 @@ def latency(predictor, images: np.ndarray, runs: int = 500, batch: int = 1000) -
             "provider": predictor.provider, "machine": machine()}
 
 
-def _publish(path: Path) -> None:
-    """atomic_write's temp files are private (0600); exported models are for everyone to read."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def _write_bytes(path: Path, blob: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
-    _publish(path)
 
 
 def _write_card(path: Path, card: dict) -> None:
     atomic_write_text(path, json.dumps(card, indent=2))
-    _publish(path)
 
 
 def _sha256(path: Path) -> str:

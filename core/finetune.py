@@ -41,7 +41,8 @@ from .data import MNISTData
 from .device import configure_cpu, device_name, resolve_device
 from .models import MNISTModel, ModelConfig, build_model, count_parameters
 from .targets import BASE_CLASSES, Target, build_target
-from .train import TrainConfig, evaluate_loss_acc, fit, warm_up
+from .train import (LIMITS, TrainConfig, check_limits, evaluate_loss_acc, fit, steps_per_epoch, total_steps,
+                    warm_up)
 
 FEATURES = "features"  # alias: every group except the head (a linear probe)
 UPPER = "upper"  # alias: the last feature group and the head (just the head on a 2-group model)
@@ -59,9 +60,10 @@ RECIPES: dict[str, dict] = {
     "new-classes": dict(freeze=[FEATURES], reinit_head=True, head_lr=1e-2),
 }
 
-FT_LIMITS = {"lr": (1e-6, 10.0), "head_lr": (1e-6, 10.0), "scratch_lr": (1e-6, 10.0), "epochs": (1, 100_000),
-             "max_steps": (1, 1_000_000), "shots": (1, 5000), "batch_size": (1, 8192),
-             "weight_decay": (0.0, 1.0), "eval_every": (1, 1_000_000), "max_test": (10, 1_000_000)}
+# The training ranges where the fields are the same, so a valid fine-tune config always gives a
+# valid TrainConfig; plus the fine-tune's own fields.
+FT_LIMITS = {**{k: LIMITS[k] for k in ("lr", "head_lr", "epochs", "max_steps", "batch_size", "weight_decay")},
+             "scratch_lr": LIMITS["lr"], "shots": (1, 5000), "eval_every": (1, 1_000_000), "max_test": (10, 1_000_000)}
 
 
 @dataclass
@@ -103,29 +105,17 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def validate(self) -> "FinetuneConfig":
-        for name, (lo, hi) in FT_LIMITS.items():
-            v = getattr(self, name)
-            if v is None and name in ("head_lr", "epochs", "max_steps", "max_test"):
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
-                raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {v!r}")
-        for name in ("epochs", "max_steps", "shots", "batch_size", "eval_every", "max_test"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, int):
-                raise ValueError(f"{name} must be a whole number, got {v!r}")
+        check_limits(self, FT_LIMITS, optional=("head_lr", "epochs", "max_steps", "max_test"),
+                     whole=("epochs", "max_steps", "shots", "batch_size", "eval_every", "max_test"))
         if self.epochs is None and self.max_steps is None:
             raise ValueError("give epochs, max_steps or both: the step budget must be finite")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ValueError(f"optimizer must be one of sgd, adam, adamw, got {self.optimizer!r}")
-        if self.schedule not in ("onecycle", "cosine", "constant"):
-            raise ValueError(f"schedule must be one of onecycle, cosine, constant, got {self.schedule!r}")
         if isinstance(self.freeze, str) or not all(isinstance(g, str) for g in self.freeze):
             raise ValueError(f"freeze must be a list of group names, got {self.freeze!r}")
         return self
 
-    def train_config(self, model: str, steps_per_epoch: int, scratch: bool = False) -> TrainConfig:
+    def train_config(self, model: str, per_epoch: int, scratch: bool = False) -> TrainConfig:
         """The core.train recipe for one run (fine-tune or scratch) of this budget."""
-        epochs = self.epochs or math.ceil(self.max_steps / steps_per_epoch)
+        epochs = self.epochs or math.ceil(self.max_steps / per_epoch)
         return TrainConfig(model=model, epochs=epochs, max_steps=self.max_steps, batch_size=self.batch_size,
                            optimizer=self.optimizer, schedule=self.schedule, warmup=0.1,
                            lr=self.scratch_lr if scratch else self.lr,
@@ -221,9 +211,7 @@ def _run_collecting(model, tcfg, target_dev, tag, every, device, evals: list[dic
 
 def _run(model, cfg: TrainConfig, target_dev, phase: str, eval_every: int, device) -> Iterator[dict]:
     tx, ty, vx, vy = target_dev
-    total = cfg.epochs * max(1, len(ty) // min(cfg.batch_size, len(ty)))  # as fit counts them
-    total = min(total, cfg.max_steps or total)
-    yield {"event": "phase", "phase": phase, "total_steps": total}
+    yield {"event": "phase", "phase": phase, "total_steps": total_steps(cfg, len(ty))}
     yield {"event": "eval", "phase": phase, "step": 0, "target_acc": evaluate_loss_acc(model, vx, vy)[1]}
     for ev in fit(model, cfg, tx, ty, None, None, device):
         ev["phase"] = phase
@@ -266,8 +254,8 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
     model = base.model
     frozen = freeze_groups(model, list(cfg.freeze))
     n_train = len(target.train_labels)
-    steps_per_epoch = max(1, n_train // min(cfg.batch_size, n_train))
-    tcfg = cfg.train_config(model_name, steps_per_epoch)
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size)
+    tcfg = cfg.train_config(model_name, per_epoch)
     trainable = count_parameters(model, trainable_only=True)
     total_params = count_parameters(model)
 
@@ -304,7 +292,7 @@ def finetune(cfg: FinetuneConfig, base_checkpoint, data: MNISTData, run_dir: str
     if cfg.baseline:
         torch.manual_seed(cfg.seed)  # same init recipe the base model had; no pretraining
         scratch = build_model(ModelConfig(name=model_name, num_classes=base.model_config.num_classes)).to(device)
-        scfg = cfg.train_config(model_name, steps_per_epoch, scratch=True)
+        scfg = cfg.train_config(model_name, per_epoch, scratch=True)
         t1 = time.perf_counter()
         sc_evals: list[dict] = []
         yield from _run_collecting(scratch, scfg, target_dev, "scratch", cfg.eval_every, device, sc_evals)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import check_model_file
 from .preprocess import Preprocessed, preprocess_canvas, preprocess_photo
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def gpu_present() -> bool:
     return _gpu_present
 
 
-def choose_providers(available: list[str] | None = None, gpu_present: bool | None = None) -> list[str]:
+def choose_providers(available: list[str] | None = None, gpu: bool | None = None) -> list[str]:
     """CUDA first when the build has it AND a GPU is really there, then CPU.
 
     onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU,
@@ -69,7 +70,7 @@ def choose_providers(available: list[str] | None = None, gpu_present: bool | Non
     import onnxruntime as ort
 
     available = ort.get_available_providers() if available is None else list(available)
-    gpu = globals()["gpu_present"]() if gpu_present is None else gpu_present
+    gpu = gpu_present() if gpu is None else gpu
     if gpu and CUDA in available:
         return [CUDA, CPU]
     return [CPU]
@@ -187,12 +188,7 @@ class OnnxPredictor:
 
 
 def _check_file(path: Path, max_bytes: int) -> None:
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ModelError(f"{path.name}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit "
-                         "for MNIST models; refusing to load it")
+    size = check_model_file(path, max_bytes, ModelError, "model file")
     with open(path, "rb") as f:
         head = f.read(8)
     if size == 0:
@@ -304,9 +300,10 @@ def read_card(onnx_path: str | os.PathLike) -> dict | None:
     """The model card next to an .onnx (same stem, .json), or None."""
     card = Path(onnx_path).with_suffix(".json")
     try:
-        return json.loads(card.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(card.read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and undecodable bytes
         return None
+    return data if isinstance(data, dict) else None
 
 
 def list_models(folder: str | os.PathLike | None = None) -> list[dict]:

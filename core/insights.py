@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .evaluate import as_float_batch
+from .files import check_model_file
+from .inference import read_card
 from .models import MODELS, MNISTModel, ModelConfig, build_model
 
 
@@ -310,6 +312,9 @@ def _onnx_initializers(path: Path) -> dict[str, np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
+    from .inference import MAX_MODEL_BYTES
+
+    check_model_file(path, MAX_MODEL_BYTES, InsightError, "model file")  # before onnx parses it
     try:
         # External data (a .onnx.data file beside it) is read from the model's own folder only.
         proto = onnx.load(str(path))
@@ -448,7 +453,7 @@ def checkpoint_for(path: str | Path, device: torch.device | str = "cpu", calibra
         model = model_from_onnx(path, calibration=calibration).to(device)
         arch = next(n for n, cls in MODELS.items() if type(model) is cls)
         metrics = {}
-        card = _read_card(path)
+        card = read_card(path) or {}
         if isinstance(card.get("accuracy"), (int, float)):
             metrics["test_acc"] = float(card["accuracy"])
         return Checkpoint(model, ModelConfig(name=arch), {}, metrics, path)
@@ -456,16 +461,6 @@ def checkpoint_for(path: str | Path, device: torch.device | str = "cpu", calibra
         return load_checkpoint(path, device)
     except CheckpointError as e:
         raise InsightError(str(e)) from None
-
-
-def _read_card(onnx_path: Path) -> dict:
-    import json
-
-    try:
-        card = json.loads(onnx_path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return card if isinstance(card, dict) else {}
 
 
 def torch_model_for(path: str | Path, device: torch.device | str = "cpu") -> MNISTModel:

@@ -175,6 +175,7 @@ class SampleSet:
 
     def relabel(self, sample_id: str, label) -> str:
         s = self._items[sample_id]
+        label = check_label(label)  # before removing: a bad label must not lose the sample
         self.remove(sample_id)
         return self.add(s.image, label)
 

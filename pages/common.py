@@ -150,7 +150,7 @@ def add_run(name: str, run_dir: Path, config: dict, metrics: dict, kind: str = "
 # empty states link from here, so a renamed page is renamed everywhere.
 PAGES = [
     ("pages/draw.py", "Draw", ":material/draw:", "Draw a digit and watch the model read it on every stroke."),
-    ("pages/data.py", "Data", ":material/dataset:", "The 70,000 digits: counts, samples, averages, a 2-D map."),
+    ("pages/data.py", "Data", ":material/dataset:", "The digits: counts, samples, averages, a 2-D map."),
     ("pages/train.py", "Train", ":material/model_training:", "Train a CNN live and compare your runs."),
     ("pages/finetune.py", "Fine-tune", ":material/tune:", "Adapt a model to your drawings or new digits."),
     ("pages/evaluate.py", "Evaluate", ":material/fact_check:", "Accuracy, confusions and calibration."),

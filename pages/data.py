@@ -94,9 +94,12 @@ def labels_ui(data) -> None:
     ).properties(height=320)
     st.altair_chart(chart, width="stretch")
     train = df[df.split == "train"].set_index("digit")["count"]
-    st.caption(f"Classes are roughly balanced: the most common digit is **{train.idxmax()}** "
-               f"({train.max():,}), the rarest **{train.idxmin()}** ({train.min():,}). "
-               "Train and test have the same balance, so a model can't score well by favouring one class.")
+    if train.min() == train.max():  # the offline sample is stratified: 400 of each digit
+        balance = f"Every digit has exactly **{train.min():,}** training images. "
+    else:
+        balance = (f"Classes are roughly balanced: the most common digit is **{train.idxmax()}** "
+                   f"({train.max():,}), the rarest **{train.idxmin()}** ({train.min():,}). ")
+    st.caption(balance + "Train and test have the same balance, so a model can't score well by favouring one class.")
 
 
 def samples_ui(data) -> None:

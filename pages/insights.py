@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core import insights
-from core.evaluate import softmax
+from core.inference import softmax
 from pages.common import public_error  # visitor-safe error text: no file-system paths
 from pages.common import empty_state, get_data, page_header, runs, shipped_models, sidebar_status
 

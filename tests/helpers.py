@@ -72,25 +72,39 @@ def streamlit_server(env: dict, log: Path, extra_args: tuple[str, ...] = ()):
             print(log.read_text()[-3000:])
 
 
+QUIET_S = 0.8  # a cached loader's spinner can appear a moment after a run starts
+# True once Streamlit's root has said data-test-script-state="notRunning", with no skeletons,
+# stale elements or spinners, for a steady QUIET_S; any busy poll restarts the count. The start
+# of the quiet spell lives on window (IDLE_RESET_JS clears it) so page.wait_for_function can
+# poll it: that call is the same in Playwright's sync and async APIs.
+IDLE_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const busy = !app || app.getAttribute('data-test-script-state') !== 'notRunning'
+    || document.querySelector('[data-testid="stSkeleton"], [data-stale="true"], [data-testid="stSpinner"]') !== null;
+  const now = performance.now();
+  if (busy) { window.__mnistLabQuietSince = null; return false; }
+  if (window.__mnistLabQuietSince == null) { window.__mnistLabQuietSince = now; }
+  return now - window.__mnistLabQuietSince > %d;
+}""" % (QUIET_S * 1000)
+IDLE_RESET_JS = "() => { window.__mnistLabQuietSince = null; }"
+IDLE_POLL_MS = 200
+
+
+def idle_timeout_message(title: str, timeout_s: float) -> str:
+    return f"page '{title}' still running after {timeout_s:.0f} s"
+
+
 def wait_until_idle(page, title: str, timeout_s: float = PAGE_S) -> None:
-    """Wait for the page's own title, then for its script run to finish: Streamlit's
-    root says data-test-script-state="notRunning", with no stale elements or spinners,
-    for a steady 0.8 s (a cached loader's spinner can appear a moment after a run starts)."""
+    """Wait for the page's own title, then for its script run to finish (IDLE_JS). Sync Playwright;
+    test_reliability_browser._idle is the same for the async API."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_s * 1000)
-    deadline = time.monotonic() + timeout_s
-    quiet_since = None
-    while time.monotonic() < deadline:
-        state = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state")
-        busy = state != "notRunning" or page.locator(
-            '[data-testid="stSkeleton"], [data-stale="true"], [data-testid="stSpinner"]').count() > 0
-        if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 0.8:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"page '{title}' still running after {timeout_s:.0f} s")
+    page.evaluate(IDLE_RESET_JS)
+    try:
+        page.wait_for_function(IDLE_JS, polling=IDLE_POLL_MS, timeout=timeout_s * 1000)
+    except PlaywrightTimeout:
+        raise AssertionError(idle_timeout_message(title, timeout_s)) from None
 
 
 def assert_no_errors(page, name: str) -> None:

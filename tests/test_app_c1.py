@@ -104,12 +104,19 @@ def metric(at: AppTest, label: str) -> str:
 # ------------------------------------------------------------------ Home
 
 def test_home_shows_device_data_models_and_links(app):
+    import core
     from core.inference import list_models
 
     run = {"dir": "/nonexistent", "config": {"model": "fast"}, "metrics": {"test_acc": 0.987}, "kind": "train"}
     at = app("home", runs={"my-run": run})
     body = texts(at)
-    assert "CPU" in body or "cuda" in body  # the device, in words
+    # The "Training device" card names the device in words: "CPU · 2 threads" or the GPU's name.
+    dev = core.resolve_device("auto")
+    name = core.device_name(dev)
+    want = f":green[{name}]" if dev.type == "cuda" else f"CPU · {name.removeprefix('cpu ').strip('()')}"
+    md = [m.value for m in at.markdown]
+    assert "**Training device**" in md, md
+    assert md[md.index("**Training device**") + 1] == want, md
     assert "2,000 train + 500 test digits" in body  # the data in use
     models = at.dataframe[0].value
     assert len(models) == len(list_models()) + 1

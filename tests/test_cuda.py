@@ -30,12 +30,14 @@ def test_training_on_cuda_reaches_the_cpu_bar_and_reports_warm_up(mnist, tmp_pat
     start, done = events[0], events[-1]
     assert start["device_type"] == "cuda" and done["device"].startswith("cuda")
     assert done["test_acc"] >= 0.975, done["test_acc"]
-    assert done["warmup_seconds"] >= 0
+    assert done["warmup_seconds"] > 0  # the CUDA start-up is paid (and timed) before the first step
     # The checkpoint written from the GPU loads on the CPU and predicts the same digits.
     ck = load_checkpoint(tmp_path / "run", "cpu")
     x = mnist.test_images[:2000]
     cpu = predict(ck.model, x, "cpu")
-    gpu = predict(load_checkpoint(tmp_path / "run", "cuda").model, x, "cuda")
+    on_gpu = load_checkpoint(tmp_path / "run", "cuda").model
+    gpu = predict(on_gpu, x)  # no device given: it must run where the model is, not move it to the CPU
+    assert next(on_gpu.parameters()).is_cuda
     assert (cpu.argmax(1) == gpu.argmax(1)).mean() > 0.999
     assert np.abs(cpu - gpu).max() < 1e-2
 
@@ -51,7 +53,9 @@ def test_finetune_on_cuda_with_scratch_baseline(mnist, tmp_path):
                            run_dir=tmp_path / "ft"))
     done = events[-1]
     assert done["event"] == "done" and done["device"].startswith("cuda")
-    assert done["scratch_target_acc"] is not None and 0 <= done["target_acc_after"] <= 1
+    assert done["scratch_target_acc"] is not None
+    # 30 steps towards the "thick" digits must read them better than the base model did
+    assert done["target_acc_after"] > done["target_acc_before"], (done["target_acc_before"], done["target_acc_after"])
     assert (tmp_path / "ft" / "model.safetensors").is_file()
 
 
@@ -60,7 +64,8 @@ def test_memory_check_reads_the_gpu_and_refuses_what_cannot_fit():
     from core.train import TrainConfig, check_memory, free_memory_bytes
 
     gpu = torch.device("cuda")
-    assert free_memory_bytes(gpu) > 0  # asked of the GPU, not the host
+    free = free_memory_bytes(gpu)  # asked of the GPU, not the host
+    assert free is not None and abs(free - torch.cuda.mem_get_info()[0]) < 1 << 30, (free, torch.cuda.mem_get_info())
     cfg = TrainConfig.preset("classic", batch_size=8192)
     check_memory(build_model("classic"), cfg, gpu)  # fits an 80 GB card
     with pytest.raises(ValueError, match=r"batch_size must be in \[1, \d+\] here"):

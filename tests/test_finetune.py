@@ -174,3 +174,13 @@ def test_cli_finetune_json(base_dir, mnist_dir, tmp_path, capsys):
     assert r["frozen_params"] > 0 and (tmp_path / "ft" / "model.safetensors").is_file()
     assert main(["finetune", str(base_dir), "--target", "thick", "--freeze", "conv9", "--data", str(mnist_dir)]) == 1
     assert "unknown layer group" in capsys.readouterr().err
+
+
+def test_long_few_shot_budget_is_a_valid_training_config():
+    """K=1: 10 digits, one step per epoch, so 2,000 steps need 2,000 epochs (once refused by
+    TrainConfig's epoch limit although the fine-tune config accepted it)."""
+    cfg = FinetuneConfig.recommended("inverted", shots=1, max_steps=2000).validate()
+    tcfg = cfg.train_config("fast", per_epoch=1)
+    assert tcfg.epochs == 2000 and tcfg.max_steps == 2000
+    with pytest.raises(ValueError, match="max_steps must be a whole number"):
+        FinetuneConfig(max_steps=20.5).validate()

@@ -109,11 +109,11 @@ def test_predict_any_batch_and_input_form(mnist):
 
 
 def test_provider_choice_with_fake_gpu_lists():
-    assert choose_providers([CUDA, CPU], gpu_present=True) == [CUDA, CPU]
+    assert choose_providers([CUDA, CPU], gpu=True) == [CUDA, CPU]
     # onnxruntime-gpu lists CUDA on machines without a GPU: it must not be picked there.
-    assert choose_providers(["TensorrtExecutionProvider", CUDA, CPU], gpu_present=False) == [CPU]
-    assert choose_providers([CPU], gpu_present=True) == [CPU]  # CPU-only build on a GPU box
-    assert choose_providers(["CoreMLExecutionProvider", CPU], gpu_present=False) == [CPU]
+    assert choose_providers(["TensorrtExecutionProvider", CUDA, CPU], gpu=False) == [CPU]
+    assert choose_providers([CPU], gpu=True) == [CPU]  # CPU-only build on a GPU box
+    assert choose_providers(["CoreMLExecutionProvider", CPU], gpu=False) == [CPU]
 
 
 def test_session_reports_its_provider_and_metadata(default):

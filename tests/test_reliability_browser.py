@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 
 import numpy as np
 import pytest
 
-from helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PAGE_S, STROKES, require_chromium, streamlit_server
+from helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, IDLE_JS, IDLE_POLL_MS, IDLE_RESET_JS, PAGE_S, STROKES,
+                     idle_timeout_message, require_chromium, streamlit_server)
 from test_app_c1 import small_mnist_dir  # noqa: F401 - 2,000 real training digits: epochs of 14 steps
 
 DRAWERS = 5
@@ -41,21 +41,15 @@ def app_url(small_mnist_dir, tmp_path_factory):  # noqa: F811
 
 
 async def _idle(page, title: str, timeout_s: float = PAGE_S) -> None:
-    """helpers.wait_until_idle for the async API: the title, then a steady notRunning script state."""
+    """helpers.wait_until_idle for the async API: the title, then helpers.IDLE_JS."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
     await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_s * 1000)
-    deadline, quiet_since = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        state = await page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state")
-        busy = state != "notRunning" or await page.locator(
-            '[data-testid="stSkeleton"], [data-stale="true"], [data-testid="stSpinner"]').count() > 0
-        if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 0.8:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"page '{title}' still running after {timeout_s:.0f} s")
+    await page.evaluate(IDLE_RESET_JS)
+    try:
+        await page.wait_for_function(IDLE_JS, polling=IDLE_POLL_MS, timeout=timeout_s * 1000)
+    except PlaywrightTimeout:
+        raise AssertionError(idle_timeout_message(title, timeout_s)) from None
 
 
 async def _prediction_is(page, test: str, timeout_s: float = 90) -> str:
@@ -88,17 +82,6 @@ async def _draw_digits(page) -> list[tuple[str, str, float]]:
     return out
 
 
-def _diagnose() -> None:
-    """What else this test process is doing (threads, CPU) when a page will not load."""
-    import subprocess
-    import threading
-
-    print("THREADS:", [t.name for t in threading.enumerate()])
-    print("CPU times:", os.times())
-    print(subprocess.run(["ps", "-eo", "pid,ppid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True,
-                         text=True).stdout[:3000])
-
-
 def _stats(latencies: list[float]) -> dict:
     a = np.array(latencies) * 1e3
     return {"n": int(len(a)), "p50_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95)),
@@ -121,11 +104,11 @@ async def _scenario(url: str) -> dict:
                 await _idle(pg, "Draw")
                 await pg.locator("canvas.upper-canvas").first.wait_for(timeout=60_000)
             except Exception:
-                _diagnose()
                 ARTIFACTS.mkdir(exist_ok=True)
                 await pg.screenshot(path=str(ARTIFACTS / f"reliability-open-{drawers.index(pg)}.png"))
                 print("BODY:", (await pg.locator("body").inner_text())[:2000])
                 raise
+            assert await pg.locator('[data-testid="stException"]').count() == 0
             # The app's own menu, not Streamlit's v1 list of every file in pages/ (common.py included).
             return await pg.locator('[data-testid="stSidebarNav"]').first.inner_text()
 

@@ -168,3 +168,15 @@ def test_cli_samples_import_and_export(digits, tmp_path, capsys):
     (tmp_path / "bad" / "x" / "a.png").write_bytes(_png(images[0]))
     assert main(["samples", "import", str(tmp_path / "bad"), "--out", str(store)]) == 1
     assert "not a label 0-9" in capsys.readouterr().err
+
+
+def test_relabel_to_a_bad_label_keeps_the_sample(digits):
+    imgs, labels = digits
+    s = SampleSet()
+    sid = s.add(imgs[0], int(labels[0]))
+    for bad in (11, -1, "x", 3.5):
+        with pytest.raises(SampleError):
+            s.relabel(sid, bad)
+        assert len(s) == 1 and sid in s  # the drawing is still there, with its old label
+    new = s.relabel(sid, (int(labels[0]) + 1) % 10)
+    assert len(s) == 1 and new in s and sid not in s

@@ -149,3 +149,31 @@ def test_onecycle_schedule_shape():
     assert f[0] == 0 and max(f) == pytest.approx(1.0) and f.index(max(f)) == 200 and f[-1] < 0.002
     short = [lr_factor(s, 40, "onecycle", 0.2) for s in range(40)]
     assert short.index(max(short)) == 20  # short runs warm up for half their length
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 1.5), ("batch_size", 64.0), ("max_steps", 10.0)])
+def test_fractional_counts_refused(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a whole number"):
+        TrainConfig.preset("fast", **{field: value}).validate()
+
+
+def test_default_epochs_give_small_datasets_enough_steps():
+    from core.train import MIN_DEFAULT_STEPS, default_epochs, total_steps
+
+    assert default_epochs("fast", 60_000) == 1  # full MNIST: the preset's one epoch
+    assert default_epochs("accurate", 60_000) == 20
+    n = 4000  # the offline sample: 3,600 train after the 400-digit validation split
+    epochs = default_epochs("fast", n)
+    assert epochs == 8 and total_steps(TrainConfig.preset("fast", epochs=epochs), 3600) >= MIN_DEFAULT_STEPS
+    assert total_steps(TrainConfig.preset("fast", epochs=epochs - 1), 3600) < MIN_DEFAULT_STEPS  # no more than needed
+
+
+@pytest.mark.parametrize("epochs,max_steps", [(3, None), (3, 10), (2, 1000)])
+def test_total_steps_is_what_fit_runs(mnist, epochs, max_steps):
+    from core.train import total_steps
+
+    data = subset(mnist, 1000, 100)  # 900 train after validation: 7 steps of 128 per epoch
+    cfg = TrainConfig.preset("fast", epochs=epochs, max_steps=max_steps, device="cpu", val_size=100)
+    events, done = run(cfg, data)
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[-1]["step"] == steps[-1]["total_steps"] == total_steps(cfg, 900) == done["step"]
