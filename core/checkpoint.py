@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .files import check_model_file
+from .files import atomic_write, atomic_write_text, check_model_file
 from .models import MNISTModel, ModelConfig, build_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -27,31 +26,6 @@ MAX_CHECKPOINT_BYTES = 256 * 2**20  # the biggest registry model (classic) is ~5
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, not ours, corrupt, or for another architecture."""
-
-
-# The process umask, read once: os.umask can only be read by setting it, and doing that on every
-# write would briefly give other threads (the app's training jobs) a umask of 0.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over path. Nothing half-written is ever visible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 @dataclass

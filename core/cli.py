@@ -277,7 +277,7 @@ def cmd_samples(args) -> dict:
     if args.action == "export":
         s = load_folder(src)
         out = Path(args.out or "samples.zip")
-        from .checkpoint import atomic_write
+        from .files import atomic_write
 
         data = s.to_zip()
         atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))

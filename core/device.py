@@ -1,9 +1,9 @@
 """Pick the compute device once; everything else receives it as an argument."""
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .hardware import cpu_count
 
 
 class DeviceError(RuntimeError):
@@ -35,7 +35,7 @@ def configure_cpu() -> int:
     """Use every core this process may run on for intra-op work (torch's default can count
     cores outside the affinity mask, and oversubscribed small convs lose to thread hand-off).
     Returns the thread count."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = cpu_count()
     torch.set_num_threads(n)
     return n
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, atomic_write, atomic_write_text, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
+from .files import atomic_write, atomic_write_text
 from .data import PROJECT_ROOT, MNISTData, load_mnist
 from .evaluate import TorchPredictor
 from .inference import INPUT_NAME, OUTPUT_NAME, OnnxPredictor, cpu_threads, load_predictor

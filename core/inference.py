@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import check_model_file
+from .hardware import gpu_present
 from .preprocess import Preprocessed, preprocess_canvas, preprocess_photo
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,25 +41,6 @@ log = logging.getLogger(__name__)
 
 class ModelError(ValueError):
     """A model file is missing, too big, not ONNX, or has the wrong inputs/outputs."""
-
-
-_gpu_present: bool | None = None
-
-
-def gpu_present() -> bool:
-    """True when the NVIDIA driver reports at least one device. Asked of the driver
-    directly (libcuda), so it needs neither torch nor a CUDA toolkit."""
-    global _gpu_present
-    if _gpu_present is None:
-        import ctypes
-
-        count = ctypes.c_int(0)
-        try:
-            lib = ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
-            _gpu_present = lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-        except (OSError, AttributeError):
-            _gpu_present = False
-    return _gpu_present
 
 
 def choose_providers(available: list[str] | None = None, gpu: bool | None = None) -> list[str]:

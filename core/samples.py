@@ -384,7 +384,7 @@ class SampleStore:
         return self.root / str(check_label(label)) / f"{sample_id}.png"
 
     def add(self, image, label) -> str:
-        from .checkpoint import atomic_write
+        from .files import atomic_write
 
         label = check_label(label)
         img = as_image(image)

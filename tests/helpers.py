@@ -38,16 +38,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+README = ROOT / "README.md"
+# The only flags a test may add to the README's command: where to listen, and no browser tab.
+TEST_FLAGS = ("--server.port", "--server.headless")
+
+
+def readme_app_command() -> list[str]:
+    """The README's "set up and start the app" command, last step only (the venv already exists):
+    `.venv/bin/streamlit run streamlit_app.py`. Read from the README itself, so the tests start the
+    app exactly as users do, and a change to one is a change to the other."""
+    text = README.read_text()
+    block = text.split("Set up and start the app", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return block.strip().split("&&")[-1].split()
+
+
+def app_argv(port: int) -> list[str]:
+    """readme_app_command() plus a port and headless mode, nothing else (test_app_shell checks it)."""
+    argv = readme_app_command()
+    exe = ROOT / argv[0]
+    if not exe.exists():  # a checkout whose venv lives elsewhere: the streamlit beside this Python
+        exe = Path(sys.executable).parent / Path(argv[0]).name
+    return [str(exe), *argv[1:], "--server.port", str(port), "--server.headless", "true"]
+
+
 @contextlib.contextmanager
-def streamlit_server(env: dict, log: Path, extra_args: tuple[str, ...] = ()):
-    """`streamlit run streamlit_app.py` on a free local port with env; yields its URL."""
+def streamlit_server(env: dict, log: Path):
+    """The app started with the README's command on a free local port with env; yields its URL."""
     port = _free_port()
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--client.showErrorDetails", "full",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *extra_args],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(app_argv(port), cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_S

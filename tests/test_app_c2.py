@@ -35,7 +35,7 @@ def tiny_run(mnist, tmp_path_factory):
 @pytest.fixture
 def app(monkeypatch, mnist_dir, tiny_run):
     """Open a page of the app as a new visitor who owns one run; the visitor's folder is removed after."""
-    from pages.common import SESSIONS_DIR
+    from app_pages.common import SESSIONS_DIR
 
     monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
     sid = f"test-c2-{uuid.uuid4().hex[:8]}"
@@ -47,7 +47,7 @@ def app(monkeypatch, mnist_dir, tiny_run):
             at.session_state["runs"] = {"tiny": dict(tiny_run)}
         for k, v in state.items():
             at.session_state[k] = v
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, [e.value for e in at.exception]
         return at
 
@@ -109,7 +109,7 @@ def test_export_writes_a_valid_onnx_model_under_a_safe_name(app, tiny_run, mnist
     import onnxruntime as ort
 
     from core.checkpoint import load_checkpoint
-    from pages.common import SESSIONS_DIR
+    from app_pages.common import SESSIONS_DIR
 
     at = app("export")
     _by_label(at.text_input, "Export name").input("../../etc/passwd")
@@ -139,7 +139,7 @@ def test_export_writes_a_valid_onnx_model_under_a_safe_name(app, tiny_run, mnist
     assert table["accuracy"].iloc[0] == pytest.approx(100 * tiny_run["metrics"]["test_acc"], abs=0.006)
 
     # the export is one of this visitor's models on the other pages
-    at.switch_page("pages/evaluate.py").run()
+    at.switch_page("app_pages/evaluate.py").run()
     assert "Your export · etc-passwd (ONNX)" in at.selectbox(key="eval_model").options
 
 

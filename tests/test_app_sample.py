@@ -28,7 +28,7 @@ def offline(monkeypatch, tmp_path, sessions):  # noqa: F811
 def _open(page: str) -> AppTest:
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
     at.session_state["session_id"] = f"test-sample-{uuid.uuid4().hex[:8]}"
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"app_pages/{page}.py").run()
     assert_ok(at)
     return at
 

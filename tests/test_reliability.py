@@ -147,7 +147,7 @@ def test_data_page_explains_a_broken_dataset_without_paths(app, monkeypatch, idx
     _break_partial(idx_dir)
     monkeypatch.setenv("MNIST_DIR", str(idx_dir))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
-    at.switch_page("pages/data.py").run()
+    at.switch_page("app_pages/data.py").run()
     assert not at.exception
     warning = "\n".join(w.value for w in at.warning)
     assert "No MNIST data is available" in warning and "missing t10k-images-idx3-ubyte" in warning
@@ -233,7 +233,7 @@ def test_pickle_payloads_are_never_executed(tmp_path, tiny_run):
 def test_no_code_path_unpickles():
     """Static guard: no pickle loads in the app or engine, torch.load only with weights_only=True."""
     offenders = []
-    for f in [*ROOT.glob("core/*.py"), *ROOT.glob("pages/*.py"), ROOT / "streamlit_app.py"]:
+    for f in [*ROOT.glob("core/*.py"), *ROOT.glob("app_pages/*.py"), ROOT / "streamlit_app.py"]:
         for i, line in enumerate(f.read_text().splitlines(), 1):
             code = line.split("#")[0]
             if re.search(r"pickle\.loads?\(|allow_pickle\s*=\s*True|joblib\.load|dill\.", code) or (
@@ -782,10 +782,10 @@ def test_missing_or_corrupt_shipped_model_breaks_only_draw(app, monkeypatch, tmp
     _no_paths(err, tmp_path)
     assert widget(at, "slider", "Stroke width")  # the page itself still works
     for page in ("home", "data", "train"):
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
         assert_ok(at)
     (shipped_dir / "mnist-accurate.onnx").unlink()  # now missing altogether
-    at.switch_page("pages/draw.py").run()
+    at.switch_page("app_pages/draw.py").run()
     assert not at.exception
     assert any("No model to read drawings with" in w.value for w in at.warning)
 
@@ -832,7 +832,7 @@ def test_visitors_never_see_each_others_runs_drawings_or_exports(app, sessions, 
     shutil.copy(DEFAULT_MODEL, exports / "alice-model.onnx")
     card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
     (exports / "alice-model.json").write_text(json.dumps({**card, "name": "alice-model", "file": "alice-model.onnx"}))
-    a.switch_page("pages/draw.py").run()
+    a.switch_page("app_pages/draw.py").run()
     assert any("alice-model" in o for o in widget(a, "selectbox", "Model").options)
     a.session_state["canvas"] = _canvas_state(digit_to_canvas(mnist.test_images[0].numpy()))
     a.run()
@@ -843,11 +843,11 @@ def test_visitors_never_see_each_others_runs_drawings_or_exports(app, sessions, 
 
     b = app("train")
     assert "No runs yet" in texts(b) and not b.dataframe
-    b.switch_page("pages/draw.py").run()
+    b.switch_page("app_pages/draw.py").run()
     assert not any("alice" in o for o in widget(b, "selectbox", "Model").options)
     assert len(b.session_state["samples"]) == 0 and "Your samples per digit" not in texts(b)
     for page in ("evaluate", "export", "finetune", "insights"):
-        b.switch_page(f"pages/{page}.py").run()
+        b.switch_page(f"app_pages/{page}.py").run()
         assert not b.exception, page
         assert "alice" not in texts(b) + json.dumps([s.options for s in b.selectbox], default=str), page
     assert b.session_state["session_id"] != a.session_state["session_id"]
@@ -894,7 +894,7 @@ def test_streamlit_config_is_fit_for_a_public_deployment():
 
 
 def test_public_error_strips_paths():
-    from pages.common import public_error
+    from app_pages.common import public_error
 
     msg = public_error(RuntimeError("/work/shared/mnist: missing t10k-images; kept: /tmp/s/ab12/runs/x/model."
                                     "safetensors. See https://example.com/a/b or C:\\Users\\bob\\m.onnx"))
@@ -934,7 +934,7 @@ def test_the_app_writes_only_inside_its_data_folders(app, sessions, mnist, tmp_p
         button(at, "Start training").click().run()
         _poll(at, lambda x: not _job(x).running, what="the audited run")
         at.run()
-        at.switch_page("pages/draw.py").run()
+        at.switch_page("app_pages/draw.py").run()
         at.session_state["canvas"] = _canvas_state(digit_to_canvas(mnist.test_images[3].numpy()))
         at.run()
         widget(at, "button_group", "Label").set_value(str(int(mnist.test_labels[3])))

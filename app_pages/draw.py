@@ -19,7 +19,7 @@ from streamlit_drawable_canvas import st_canvas  # components v2: importable onl
 from core import explore
 from core.inference import ModelError, predict_canvas, predict_image
 from core.samples import SampleError, SampleSet, SampleStore
-from pages.common import (get_predictor, page_header, page_link, public_error, shipped_models, sidebar_status,
+from app_pages.common import (get_predictor, page_header, page_link, public_error, shipped_models, sidebar_status,
                           visitor_exports, visitor_samples)
 
 CANVAS = 280  # pixels; 10x MNIST's 28
@@ -186,7 +186,7 @@ def samples_ui(out: dict | None) -> None:
         except SampleError as e:
             st.error(f"Could not read {upload.name}: {e}")
     if len(samples):
-        page_link("pages/finetune.py", "Fine-tune a model on your samples")
+        page_link("app_pages/finetune.py", "Fine-tune a model on your samples")
 
 
 # ------------------------------------------------------------------ page
@@ -198,7 +198,7 @@ predictor = load_model(path) if path else None
 if path is None:
     st.warning("No model to read drawings with: the shipped models in `exported/` are missing. Train a run, "
                "export it on the Export page, and it appears here.", icon=":material/warning:")
-    page_link("pages/train.py", "Train a model")
+    page_link("app_pages/train.py", "Train a model")
 
 left, right = st.columns([1, 1.3], gap="large")
 with left:

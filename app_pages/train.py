@@ -18,7 +18,7 @@ import core
 from core.jobs import Job
 from core.names import unique_name
 from core.train import LIMITS, PRESETS, TrainConfig, train
-from pages.common import (add_run, get_data, jobs, page_header, page_link, public_error, runs, session_dir,
+from app_pages.common import (add_run, get_data, jobs, page_header, page_link, public_error, runs, session_dir,
                           sidebar_status)
 
 OPTIMIZERS = {"sgd": "SGD (Nesterov momentum)", "adam": "Adam", "adamw": "AdamW"}
@@ -230,11 +230,11 @@ def outcome_ui(job: Job) -> None:
                    + f". Saved as run “{job.name}”.", icon=":material/check_circle:")
         c1, c2, c3 = st.columns(3)
         with c1:
-            page_link("pages/evaluate.py", "Evaluate it")
+            page_link("app_pages/evaluate.py", "Evaluate it")
         with c2:
-            page_link("pages/export.py", "Export it to ONNX")
+            page_link("app_pages/export.py", "Export it to ONNX")
         with c3:
-            page_link("pages/finetune.py", "Fine-tune it")
+            page_link("app_pages/finetune.py", "Fine-tune it")
     elif job.status == "stopped":
         if ckpt:
             st.warning(f"Stopped at step {job.last('step')['step']:,}. The last completed checkpoint survives: "

@@ -13,8 +13,8 @@ import streamlit as st
 
 from core import insights
 from core.inference import softmax
-from pages.common import public_error  # visitor-safe error text: no file-system paths
-from pages.common import empty_state, get_data, page_header, runs, shipped_models, sidebar_status
+from app_pages.common import public_error  # visitor-safe error text: no file-system paths
+from app_pages.common import empty_state, get_data, page_header, runs, shipped_models, sidebar_status
 
 FACTOR = 8  # screen pixels per model pixel
 
@@ -51,7 +51,7 @@ def input_ui(data) -> tuple[np.ndarray | None, str]:
     sources = (["Your last drawing"] if drawing is not None else []) + (["A test digit"] if data is not None else [])
     if not sources:
         empty_state("**No digit to explain yet** — draw one on the Draw page and come back to see what the "
-                    "model makes of it.", "pages/draw.py", "Draw a digit")
+                    "model makes of it.", "app_pages/draw.py", "Draw a digit")
         return None, ""
     source = st.radio("Digit to explain", sources, horizontal=True,
                       help="Your most recent drawing from the Draw page, or any digit of the test set.")
@@ -162,7 +162,7 @@ sidebar_status(data)
 choices = model_choices()
 if not choices:
     empty_state("**No model found** — the shipped models in `exported/` are missing and you have no runs yet: "
-                "train one on the Train page.", "pages/train.py", "Train a model")
+                "train one on the Train page.", "app_pages/train.py", "Train a model")
 else:
     path = st.selectbox("Model", list(choices), format_func=choices.get, key="ins_model",
                         help="Your runs, or the shipped models (their PyTorch weights are rebuilt from the ONNX "
