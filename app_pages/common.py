@@ -1,26 +1,23 @@
-"""What every page shares: cached loaders, the per-visitor workspace, the sidebar.
+"""What every page shares: cached loaders, the visitor's workspace, the sidebar.
 
 State has three homes:
 - st.cache_resource: onnxruntime sessions (thread-safe), keyed by path and mtime;
 - st.cache_data: arrays (the dataset);
-- st.session_state: each visitor's runs, jobs, drawings and exports.
+- st.session_state: view state only. A visitor's lasting work (runs, jobs, exports, drawings)
+  lives in their core.workspace.Workspace on disk, found again from `?ws=` in the URL.
 """
 from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 import core
-from core.data import PROJECT_ROOT
-
-
-# Each visitor's runs and exports live in SESSIONS_DIR/<session id>/ (tests point it elsewhere).
-SESSIONS_DIR = Path(os.environ.get("MNIST_LAB_SESSIONS") or PROJECT_ROOT / "runs" / "sessions")
+from core.catalog import KINDS, ModelEntry, model_catalog
+from core.workspace import Workspace
 
 
 # ------------------------------------------------------------------ visitor-facing errors
@@ -77,31 +74,33 @@ def get_predictor(path: str | Path):
     return _predictor(str(path), path.stat().st_mtime)
 
 
-# ------------------------------------------------------------------ per-visitor state
+# ------------------------------------------------------------------ the visitor's workspace
 
-def session_dir() -> Path:
-    """This visitor's private folder for runs and exports (never shared, never listed to others)."""
-    if "session_id" not in st.session_state:
-        st.session_state.session_id = uuid.uuid4().hex[:12]
-    d = SESSIONS_DIR / st.session_state.session_id
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def runs() -> dict:
-    """name -> {"dir": Path, "config": dict, "metrics": dict, "kind": "train"|"finetune"} for this visitor."""
-    return st.session_state.setdefault("runs", {})
-
-
-def jobs() -> dict:
-    """name -> core.jobs.Job, the visitor's background training jobs."""
-    return st.session_state.setdefault("jobs", {})
+def workspace() -> Workspace:
+    """This visitor's workspace. Its id rides in the URL (`?ws=`), so a reload, a bookmark or a
+    server restart finds the same runs, exports and drawings; an unknown, malformed or expired id
+    gets a fresh workspace (with a note saying why), never someone else's."""
+    ws = st.session_state.get("workspace")
+    if ws is None or not ws.dir.is_dir():
+        ws, note = Workspace.open(st.query_params.get("ws"))
+        st.session_state.workspace = ws
+        if note:
+            st.toast(note, icon=":material/info:")
+        _remove_expired_workspaces()
+    if st.query_params.get("ws") != ws.id:
+        st.query_params["ws"] = ws.id  # page switches drop query parameters: put it back every run
+    return ws
 
 
-def add_run(name: str, run_dir: Path, config: dict, metrics: dict, kind: str = "train",
-            status: str = "done") -> None:
-    """Record a finished (or stopped) run; name must already be sanitized and unique (core.names)."""
-    runs()[name] = {"dir": Path(run_dir), "config": config, "metrics": metrics, "kind": kind, "status": status}
+@st.cache_resource(ttl=3600, show_spinner=False)
+def _remove_expired_workspaces() -> list[str]:
+    """At most once an hour per server: delete workspaces unused for MNIST_LAB_WORKSPACE_DAYS."""
+    return Workspace.remove_expired()
+
+
+def models(kinds=KINDS, variants: bool = True) -> list[ModelEntry]:
+    """Every model this visitor may pick (core.catalog): shipped, their exports, their runs."""
+    return model_catalog(workspace(), kinds, variants)
 
 
 # ------------------------------------------------------------------ layout helpers
@@ -185,33 +184,3 @@ def image_grid(images: np.ndarray, captions: list[str] | None = None, columns: i
             img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
         big = np.kron(img, np.ones((4, 4), np.uint8))  # crisp pixels instead of browser blur
         cols[i % columns].image(big, caption=captions[i] if captions else None, width=width)
-
-
-# ------------------------------------------------------------------ models a visitor can pick (C2)
-
-def exports_dir() -> Path:
-    """Where this visitor's ONNX exports go (inside their private session folder)."""
-    return session_dir() / "exports"
-
-
-def visitor_exports() -> list[dict]:
-    """This visitor's exported models (model cards with "path"), base models before their variants.
-    The Draw page lists these after the shipped models."""
-    from core.export import list_exported
-
-    folder = session_dir() / "exports"
-    return list_exported(folder) if folder.is_dir() else []
-
-
-def shipped_models() -> list[dict]:
-    """The models shipped in exported/ (each {"name", "path", "default", "shipped", "card"})."""
-    from core.inference import list_models
-
-    return list_models()
-
-
-def visitor_samples():
-    """This visitor's labeled drawings (core.samples.SampleSet), kept in their session only."""
-    from core.samples import SampleSet
-
-    return st.session_state.setdefault("samples", SampleSet())

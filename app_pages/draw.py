@@ -19,8 +19,8 @@ from streamlit_drawable_canvas import st_canvas  # components v2: importable onl
 from core import explore
 from core.inference import ModelError, predict_canvas, predict_image
 from core.samples import SampleError, SampleSet, SampleStore
-from app_pages.common import (get_predictor, page_header, page_link, public_error, shipped_models, sidebar_status,
-                          visitor_exports, visitor_samples)
+from core.workspace import WorkspaceError
+from app_pages.common import get_predictor, models, page_header, page_link, public_error, sidebar_status, workspace
 
 CANVAS = 280  # pixels; 10x MNIST's 28
 PRESENTER = os.environ.get("MNIST_LAB_PRESENTER") == "1"
@@ -31,14 +31,7 @@ PROVIDERS = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA (GPU)
 
 def model_options() -> dict[str, str]:
     """path -> label: shipped models (default first), then this visitor's own exports."""
-    out = {}
-    for m in shipped_models():
-        acc = (m.get("card") or {}).get("accuracy")
-        out[m["path"]] = m["name"] + (f" · {100 * acc:.2f}%" if acc else "") + (" (default)" if m["default"] else "")
-    for c in visitor_exports():
-        acc = c.get("accuracy")
-        out[c["path"]] = f"Your export · {c['name']}" + (f" · {100 * acc:.2f}%" if acc else "")
-    return out
+    return {str(m.path): m.label() for m in models(kinds=("shipped", "export"))}
 
 
 def load_model(path: str):
@@ -149,10 +142,10 @@ def steps_ui(out: dict | None) -> None:
 
 
 def samples_ui(out: dict | None) -> None:
-    samples: SampleSet = visitor_samples()
+    store = workspace().samples
     st.subheader("Save as a labelled sample")
-    st.caption("Collect your own handwriting; the Fine-tune page can adapt a model to it. Samples stay in this "
-               "browser session unless you download them.")
+    st.caption("Collect your own handwriting; the Fine-tune page can adapt a model to it. Samples are kept in "
+               "your workspace (this page's link brings them back), and you can download them.")
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     default = str(out["digit"]) if out and not out["blank"] else None
     label = c1.segmented_control("Label", [str(d) for d in range(10)], default=default,
@@ -161,12 +154,14 @@ def samples_ui(out: dict | None) -> None:
     can_save = out is not None and not out["blank"] and label is not None
     if c2.button("Save sample", icon=":material/add:", disabled=not can_save, width="stretch", type="primary"):
         try:
-            samples.add(out["pre"].image, int(label))
+            workspace().check_quota(4096)
+            store.add(out["pre"].image, int(label))
             if PRESENTER and st.session_state.get("draw_presenter_disk"):
                 SampleStore().add(out["pre"].image, int(label))
-            st.toast(f"Saved a {label}. You have {len(samples)} samples.", icon=":material/check:")
-        except SampleError as e:
-            st.error(f"Not saved: {e}")
+            st.toast(f"Saved a {label}. You have {len(store)} samples.", icon=":material/check:")
+        except (SampleError, WorkspaceError) as e:
+            st.error(f"Not saved: {public_error(e)}")
+    samples = store.load()
     counts = samples.counts()
     if len(samples):
         st.caption("Your samples per digit: " + " · ".join(f"**{d}**: {n}" for d, n in enumerate(counts)))
@@ -181,10 +176,11 @@ def samples_ui(out: dict | None) -> None:
     if upload is not None and st.session_state.get("draw_upload_done") != upload.file_id:
         st.session_state.draw_upload_done = upload.file_id  # import each uploaded file once, not on every rerun
         try:
-            added = samples.extend(SampleSet.from_zip(upload.getvalue()))
+            workspace().check_quota(upload.size)
+            added = store.add_set(SampleSet.from_zip(upload.getvalue()))
             st.success(f"Added {added} new samples from {upload.name}.")
-        except SampleError as e:
-            st.error(f"Could not read {upload.name}: {e}")
+        except (SampleError, WorkspaceError) as e:
+            st.error(f"Could not read {upload.name}: {public_error(e)}")
     if len(samples):
         page_link("app_pages/finetune.py", "Fine-tune a model on your samples")
 

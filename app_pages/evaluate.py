@@ -3,7 +3,6 @@ its digits), the most confident mistakes and a reliability diagram, for any of
 this visitor's runs or any ONNX model (shipped or exported by this visitor)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import altair as alt
 import numpy as np
@@ -13,8 +12,8 @@ import streamlit as st
 import core
 from core.evaluate import evaluate
 from core.insights import confusion_cell, confusion_rows
-from app_pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, page_header,
-                          public_error, runs, shipped_models, sidebar_status, visitor_exports)
+from app_pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, models,
+                          page_header, public_error, sidebar_status)
 
 
 # ------------------------------------------------------------------ cached loaders
@@ -30,24 +29,6 @@ def _report(kind: str, path: str, mtime: float, data_key: str, _data) -> dict:
     report = evaluate(model, _data.test_images, _data.test_labels, top_mistakes=40)
     report["provider"] = getattr(model, "provider", "")
     return report
-
-
-def model_choices() -> dict[str, dict]:
-    """id -> {"label", "kind", "path", "trained_on"}: this visitor's runs, then shipped and exported
-    ONNX models. trained_on is the data source the model learned from (None when unknown)."""
-    out: dict[str, dict] = {}
-    for name, run in runs().items():
-        weights = Path(run["dir"]) / "model.safetensors"
-        if weights.is_file():
-            out[f"run:{name}"] = {"label": f"Run · {name} (PyTorch)", "kind": "run", "path": str(weights),
-                                  "trained_on": run.get("metrics", {}).get("data_source")}
-    for m in shipped_models():
-        out[f"onnx:{m['path']}"] = {"label": f"Shipped · {m['name']} (ONNX)", "kind": "onnx", "path": m["path"],
-                                    "trained_on": ((m.get("card") or {}).get("data") or {}).get("source")}
-    for card in visitor_exports():
-        out[f"onnx:{card['path']}"] = {"label": f"Your export · {card['name']} (ONNX)", "kind": "onnx",
-                                       "path": card["path"], "trained_on": (card.get("data") or {}).get("source")}
-    return out
 
 
 # ------------------------------------------------------------------ UI
@@ -201,21 +182,22 @@ page_header("Evaluate", "How good is a model, where does it fail, and can you tr
             "Pick one of your runs or any ONNX model; everything below is computed on the test split.")
 data = get_data()
 sidebar_status(data)
-choices = model_choices()
+choices = {m.key: m for m in models()}
 if data is None:
     st.info("Evaluation scores a model on the test digits, so it waits for a dataset (see above).")
 elif not choices:
     empty_state_ui()
 else:
-    key = st.selectbox("Model", list(choices), format_func=lambda k: choices[k]["label"], key="eval_model",
-                       help="Your runs are evaluated with PyTorch, ONNX models with onnxruntime.")
+    key = st.selectbox("Model", list(choices), format_func=lambda k: choices[k].label(accuracy=False, runtime=True),
+                       key="eval_model", help="Your runs are evaluated with PyTorch, ONNX models with onnxruntime.")
     choice = choices[key]
     try:
-        report = _report(choice["kind"], choice["path"], Path(choice["path"]).stat().st_mtime, data.description, data)
+        report = _report("onnx" if choice.onnx else "run", str(choice.path), choice.path.stat().st_mtime,
+                         data.description, data)
     except (core.CheckpointError, ValueError, OSError) as e:
         st.error(f"Could not evaluate this model: {public_error(e)}")
     else:
-        summary_ui(report, data, choice["trained_on"])
+        summary_ui(report, data, choice.trained_on)
         left, right = st.columns(2, gap="large")
         with left:
             confusion_ui(report, data)

@@ -12,8 +12,7 @@ import streamlit as st
 
 import core
 from app_pages.common import public_error  # visitor-safe error text: no file-system paths
-from app_pages.common import (empty_state, exports_dir, get_data, page_header, page_link, runs, shipped_models,
-                          sidebar_status, visitor_exports)
+from app_pages.common import empty_state, get_data, models, page_header, page_link, sidebar_status, workspace
 
 
 # ------------------------------------------------------------------ helpers
@@ -57,7 +56,7 @@ CARD_COLUMNS = {
 
 def export_form_ui(data) -> None:
     st.subheader("Export a run")
-    my_runs = {name: r for name, r in runs().items() if (Path(r["dir"]) / "model.safetensors").is_file()}
+    my_runs = {m.name: m for m in models(kinds=("run",))}
     if not my_runs:
         empty_state("**No runs yet** — train one on the Train page, then come back to export it.",
                     "app_pages/train.py", "Train a model")
@@ -73,21 +72,17 @@ def export_form_ui(data) -> None:
         go = st.form_submit_button("Export to ONNX", type="primary", icon=":material/ios_share:")
     if not go:
         return
-    from core.names import unique_name
-
-    taken = {Path(c["file"]).stem for c in visitor_exports()} | {Path(p).stem for p in _variant_stems()}
     try:
-        safe = unique_name(name.strip() or run, taken)
-    except ValueError as e:
+        out = workspace().export_path(name.strip() or run)
+    except ValueError as e:  # a name that cannot be made safe, or the workspace quota
         st.error(public_error(e))
         return
-    out = exports_dir() / f"{safe}.onnx"
     with st.status(f"Exporting **{run}** as {out.name}…", expanded=True) as status:
         st.write("Converting to ONNX, checking the graph, and comparing with PyTorch on every test digit…")
         try:
             from core.export import export_onnx
 
-            card = export_onnx(my_runs[run]["dir"], out, data=data, fp16=fp16, int8=int8)
+            card = export_onnx(my_runs[run].path, out, data=data, fp16=fp16, int8=int8)
         except (core.CheckpointError, ValueError, OSError) as e:
             status.update(label="Export failed", state="error")
             st.error(public_error(e))
@@ -99,16 +94,11 @@ def export_form_ui(data) -> None:
     st.toast(f"{out.name} is ready, and selectable on the Draw page.", icon=":material/check_circle:")
 
 
-def _variant_stems() -> list[str]:
-    folder = exports_dir()
-    return [p.name for p in folder.glob("*.onnx")] if folder.is_dir() else []
-
-
 def exports_table_ui() -> None:
     st.subheader("Your exports")
-    cards = visitor_exports()
+    cards = [m.card | {"path": str(m.path)} for m in models(kinds=("export",))]
     if not cards:
-        st.caption("Nothing exported yet in this session.")
+        st.caption("Nothing exported yet in your workspace.")
         return
     st.dataframe(card_rows(cards), hide_index=True, width="stretch", column_config=CARD_COLUMNS)
     page_link("app_pages/draw.py", "Draw a digit with one of them")
@@ -124,9 +114,7 @@ def exports_table_ui() -> None:
 
 def latency_ui(data) -> None:
     st.subheader("Latency per provider")
-    cards = visitor_exports()
-    options = {c["path"]: f"Your export · {c['name']}" for c in cards}
-    options.update({m["path"]: f"Shipped · {m['name']}" for m in shipped_models()})
+    options = {str(m.path): m.label(accuracy=False) for m in models(kinds=("export", "shipped"))}
     if not options:
         st.caption("Export a model first.")
         return
@@ -191,7 +179,7 @@ def _row(name: str, lat: dict) -> dict:
 
 
 def shipped_ui() -> None:
-    cards = [m["card"] for m in shipped_models() if m.get("card")]
+    cards = [m.card for m in models(kinds=("shipped",)) if m.card]
     if not cards:
         return
     with st.expander("The shipped models, for comparison"):

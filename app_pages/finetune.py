@@ -4,7 +4,6 @@ with the same model trained from scratch on the same data and step budget."""
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 import altair as alt
@@ -14,8 +13,8 @@ import streamlit as st
 import core
 from core.jobs import Job
 from app_pages.common import public_error  # visitor-safe error text: no file-system paths
-from app_pages.common import (add_run, empty_state, get_data, image_grid, jobs, page_header, page_link, runs,
-                          session_dir, shipped_models, sidebar_status, visitor_samples)
+from app_pages.common import (empty_state, get_data, image_grid, models, page_header, page_link, sidebar_status,
+                          workspace)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 SHIFT_TARGETS = ["inverted", "rotated", "thick", "thin", "noisy"]
@@ -44,38 +43,27 @@ def _target(spec: str, shots: int, max_test: int | None, data_key: str, _data):
     return build_target(spec, _data, shots=shots, max_test=max_test)
 
 
+def jobs() -> dict:
+    """name -> core.jobs.Job: this visitor's fine-tuning and pretraining jobs."""
+    return st.session_state.setdefault("ft_jobs", {})
+
+
 def drawings_target(data, max_test: int | None):
-    """The visitor's drawings as a target: written to a temporary folder only for the
-    time core.targets reads them (drawings stay in the session, never on disk)."""
-    from core.samples import SampleStore
+    """The visitor's saved drawings (in their workspace) as a target."""
     from core.targets import build_target
 
-    samples = visitor_samples()
-    with tempfile.TemporaryDirectory(prefix="mnist-lab-drawings-") as tmp:
-        SampleStore(tmp).add_set(samples)
-        target = build_target(f"user:{tmp}", data, max_test=max_test)
+    ws = workspace()
+    target = build_target(f"user:{ws.samples_dir}", data, max_test=max_test)
     target.spec = "drawings"
-    target.description = (f"your {len(samples)} drawings ({len(target.train_labels)} to train on, "
+    target.description = (f"your {len(ws.samples)} drawings ({len(target.train_labels)} to train on, "
                           f"{len(target.test_labels)} held out to test)")
     return target
 
 
 def base_choices() -> dict[str, dict]:
-    """path -> {"label", "name"}: this visitor's runs, then the shipped fp32 models."""
-    out = {}
-    for name, run in runs().items():
-        weights = Path(run["dir"]) / "model.safetensors"
-        if weights.is_file():
-            acc = (run.get("metrics") or {}).get("test_acc")
-            out[str(weights)] = {"name": name,
-                                 "label": f"Run · {name}" + (f" ({100 * acc:.2f}%)" if acc else "")}
-    for m in shipped_models():
-        card = m.get("card") or {}
-        if card.get("variant", "fp32") == "fp32":
-            acc = card.get("accuracy")
-            out[m["path"]] = {"name": m["name"],
-                              "label": f"Shipped · {m['name']}" + (f" ({100 * acc:.2f}%)" if acc else "")}
-    return out
+    """path -> {"label", "name"}: the shipped fp32 models, then this visitor's runs."""
+    return {str(m.path): {"name": m.name, "label": m.label()}
+            for m in models(kinds=("shipped", "run"), variants=False)}
 
 
 # ------------------------------------------------------------------ UI
@@ -100,7 +88,7 @@ def target_ui(data) -> tuple[str | None, int, str]:
     """-> (spec or None, shots, label). Spec "drawings" means the visitor's SampleSet."""
     from core.targets import DEFAULT_NOISE, DEFAULT_ROTATION, TARGETS
 
-    samples = visitor_samples()
+    samples = workspace().samples
     labels = {"drawings": f"Your drawings ({len(samples)} saved)",
               **{t: f"{t.capitalize()}: {TARGETS[t]}" for t in SHIFT_TARGETS},
               "new-classes": "New classes: a 0-4 model learns 5-9 from a few examples",
@@ -226,7 +214,6 @@ def needs_0_4_base(spec: str | None, base) -> bool:
 
 def start_ui(data, base_path, base, spec, shots, frozen, reinit, hp) -> None:
     from core.finetune import FinetuneConfig
-    from core.names import unique_name
 
     job = _current_job()
     running = job is not None and job.running
@@ -243,7 +230,6 @@ def start_ui(data, base_path, base, spec, shots, frozen, reinit, hp) -> None:
     if not start:
         return
     try:
-        run_name = unique_name(name.strip() or default, set(runs()) | set(jobs()))
         cfg = FinetuneConfig(target=spec, freeze=list(frozen), reinit_head=reinit, shots=int(shots),
                              device="auto", eval_every=max(1, hp["max_steps"] // 10), **hp).validate()
         target = drawings_target(data, hp["max_test"]) if spec == "drawings" else \
@@ -251,7 +237,8 @@ def start_ui(data, base_path, base, spec, shots, frozen, reinit, hp) -> None:
     except ValueError as e:
         st.error(public_error(e))
         return
-    run_dir = session_dir() / "runs" / run_name
+    run_name, run_dir = workspace().new_run(name.strip() or default)
+    workspace().write_run_status(run_name, kind="finetune", status="running", config=cfg.to_dict())
     new = Job(lambda: core_finetune(cfg, base, data, run_dir, target), name=run_name).start()
     jobs()[run_name] = new
     st.session_state["ft_current"] = {"name": run_name, "dir": str(run_dir), "config": cfg.to_dict(),
@@ -267,13 +254,12 @@ def core_finetune(cfg, base, data, run_dir, target):
 
 def new_classes_base_ui(data) -> None:
     """new-classes needs a base trained on 0-4 only: offer to make one, with live progress."""
-    from core.names import unique_name
     from core.targets import BASE_CLASSES
 
     st.warning("The new-classes target needs a base model that has only ever seen digits "
                f"{', '.join(map(str, BASE_CLASSES))}, so that 5-9 are really new to it. The chosen base knows "
                "other digits too.")
-    ready = [n for n, r in runs().items() if (r.get("metrics") or {}).get("classes") == list(BASE_CLASSES)]
+    ready = [n for n, r in workspace().runs().items() if r.metrics.get("classes") == list(BASE_CLASSES)]
     started = st.session_state.get("ft_base_job")
     job = jobs().get(started["name"]) if started else None
 
@@ -294,8 +280,8 @@ def new_classes_base_ui(data) -> None:
     elif st.button("Pretrain a 0-4 base (400 steps of the fast model)", icon=":material/school:"):
         from core.finetune import pretrain_base
 
-        name = unique_name("base-0-4", set(runs()) | set(jobs()))
-        run_dir = session_dir() / "runs" / name
+        name, run_dir = workspace().new_run("base-0-4")
+        workspace().write_run_status(name, kind="pretrain", status="running")
         # ~400 steps whatever the data: under 2 epochs of full MNIST, enough epochs of the offline sample
         cfg = core.TrainConfig.preset("fast", epochs=30, max_steps=400, augment=True)
         jobs()[name] = Job(lambda: pretrain_base(data, run_dir=run_dir, cfg=cfg), name=name).start()
@@ -315,8 +301,9 @@ def _register_finished() -> None:
     for key, kind in (("ft_current", "finetune"), ("ft_base_job", "train")):
         cur = st.session_state.get(key)
         job = jobs().get(cur["name"]) if cur else None
-        if job is None or job.running or cur["name"] in runs():
+        if job is None or job.running or getattr(job, "registered", False):
             continue
+        job.registered = True
         done = job.last("done")
         if job.status == "done" and done is not None:
             metrics = {k: v for k, v in done.items() if k not in ("event", "model_obj")}
@@ -324,7 +311,8 @@ def _register_finished() -> None:
                 metrics["test_acc"] = done.get("mnist_test_acc")
                 st.session_state.setdefault("ft_results", {})[cur["name"]] = {
                     **metrics, "label": cur.get("target_label"), "config": cur["config"]}
-            add_run(cur["name"], Path(cur["dir"]), cur["config"], metrics, kind=kind)
+        workspace().write_run_status(cur["name"], kind=kind, status={"done": "done", "stopped": "stopped"}.get(
+            job.status, "failed"), error=job.error)
 
 
 def live_ui() -> None:
@@ -476,7 +464,7 @@ def preview_ui(data, spec: str, shots: int) -> None:
         return
     try:
         if spec == "drawings":
-            x, y = visitor_samples().tensors()
+            x, y = workspace().samples.load().tensors()
         else:
             t = _target(spec, int(shots), UI_MAX_TEST, data.description, data)
             x, y = t.train_images, t.train_labels

@@ -6,37 +6,26 @@ import pandas as pd
 import streamlit as st
 
 from core.hardware import cpu_count, gpu_names
-from app_pages.common import (PAGES, data_source_label, get_data, onnx_provider, page_header, page_link, runs,
-                          shipped_models, sidebar_status, visitor_exports)
+from app_pages.common import (PAGES, data_source_label, get_data, models, onnx_provider, page_header, page_link,
+                          sidebar_status)
 
 
 # ------------------------------------------------------------------ data for the tables
 
+WHERE = {"shipped": "Shipped (ONNX)", "export": "Your export (ONNX)", "run": "Your run (PyTorch)"}
+
+
 def model_rows() -> pd.DataFrame:
     """Every model this visitor can use: shipped ONNX files, their own exports, their own runs."""
-    rows = []
-    for m in shipped_models():
-        card = m.get("card") or {}
-        rows.append({"Model": m["name"] + (" (default)" if m.get("default") else ""), "Where": "Shipped (ONNX)",
-                     "Architecture": card.get("architecture", ""), "Accuracy": _pct(card.get("accuracy")),
-                     "Parameters": card.get("params"), "Size (KB)": _kb(card.get("size_bytes"))})
-    for c in visitor_exports():
-        rows.append({"Model": c["name"], "Where": f"Your export ({c.get('variant', 'fp32')})",
-                     "Architecture": c.get("architecture", ""), "Accuracy": _pct(c.get("accuracy")),
-                     "Parameters": c.get("params"), "Size (KB)": _kb(c.get("size_bytes"))})
-    for name, r in runs().items():
-        m = r.get("metrics", {})
-        rows.append({"Model": name, "Where": "Your run (PyTorch)", "Architecture": r.get("config", {}).get("model", ""),
-                     "Accuracy": _pct(m.get("test_acc")), "Parameters": m.get("params"), "Size (KB)": None})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"Model": m.name + (" (default)" if m.default else ""),
+                          "Where": WHERE[m.kind] + (f", {m.variant}" if m.variant in ("fp16", "int8") else ""),
+                          "Architecture": m.architecture or "", "Accuracy": _pct(m.accuracy), "Parameters": m.params,
+                          "Size (KB)": None if m.size_bytes is None or m.kind == "run" else m.size_bytes / 1024}
+                         for m in models()])
 
 
 def _pct(x):
     return None if x is None else 100 * float(x)
-
-
-def _kb(n):
-    return None if n is None else n / 1024
 
 
 # ------------------------------------------------------------------ UI
@@ -86,7 +75,7 @@ def models_ui() -> None:
         "Where": st.column_config.TextColumn(help="Shipped with the app, or made by you in this session "
                                                   "(your runs and exports are private to you)."),
     })
-    if not runs():
+    if not any(m.kind == "run" for m in models()):
         st.caption("Your own runs appear here too once you train one.")
 
 

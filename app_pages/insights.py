@@ -14,7 +14,7 @@ import streamlit as st
 from core import insights
 from core.inference import softmax
 from app_pages.common import public_error  # visitor-safe error text: no file-system paths
-from app_pages.common import empty_state, get_data, page_header, runs, shipped_models, sidebar_status
+from app_pages.common import empty_state, get_data, models, page_header, sidebar_status
 
 FACTOR = 8  # screen pixels per model pixel
 
@@ -29,18 +29,6 @@ def _torch_model(path: str, mtime: float):
 
 def get_model(path: str):
     return copy.deepcopy(_torch_model(path, Path(path).stat().st_mtime)).eval()
-
-
-def model_choices() -> dict[str, str]:
-    """path -> label: this visitor's runs first, then the shipped models."""
-    out = {}
-    for name, run in runs().items():
-        weights = Path(run["dir"]) / "model.safetensors"
-        if weights.is_file():
-            out[str(weights)] = f"Run · {name}"
-    for m in shipped_models():
-        out[m["path"]] = f"Shipped · {m['name']}"
-    return out
 
 
 # ------------------------------------------------------------------ UI
@@ -159,7 +147,7 @@ page_header("Insights", "Look inside a CNN: the patterns its first layer learned
             "digit, and which pixels drive its answer.")
 data = get_data()
 sidebar_status(data)
-choices = model_choices()
+choices = {str(m.path): m.label(accuracy=False) for m in models(kinds=("run", "shipped"))}
 if not choices:
     empty_state("**No model found** — the shipped models in `exported/` are missing and you have no runs yet: "
                 "train one on the Train page.", "app_pages/train.py", "Train a model")

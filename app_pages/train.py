@@ -8,7 +8,6 @@ does not rerun.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
@@ -16,16 +15,18 @@ import streamlit as st
 
 import core
 from core.jobs import Job
-from core.names import unique_name
 from core.train import LIMITS, PRESETS, TrainConfig, train
-from app_pages.common import (add_run, get_data, jobs, page_header, page_link, public_error, runs, session_dir,
-                          sidebar_status)
+from app_pages.common import get_data, page_header, page_link, public_error, sidebar_status, workspace
 
 OPTIMIZERS = {"sgd": "SGD (Nesterov momentum)", "adam": "Adam", "adamw": "AdamW"}
 SCHEDULES = {"onecycle": "One-cycle (warm up, then decay)", "cosine": "Cosine decay", "constant": "Constant"}
 
 
 # ------------------------------------------------------------------ state
+
+def jobs() -> dict:
+    return st.session_state.setdefault("train_jobs", {})
+
 
 def active_job() -> Job | None:
     name = st.session_state.get("train_active")
@@ -44,12 +45,11 @@ def reset_preset(model: str) -> None:
 
 
 def start(cfg: TrainConfig, requested_name: str, data) -> None:
-    taken = set(runs()) | set(jobs())
-    name = unique_name(requested_name or cfg.model, taken)
     # A batch that cannot fit in memory is refused here, with the batch sizes that do fit,
     # rather than failing in the background a moment later.
     core.check_memory(core.build_model(cfg.model), cfg, core.resolve_device(cfg.device))
-    run_dir = session_dir() / "runs" / name
+    name, run_dir = workspace().new_run(requested_name or cfg.model)
+    workspace().write_run_status(name, kind="train", status="running", config=cfg.to_dict())
     job = Job(lambda: train(cfg, data, run_dir=run_dir), name=name)
     job.run_dir, job.config = run_dir, cfg.to_dict()
     jobs()[name] = job.start()
@@ -59,19 +59,14 @@ def start(cfg: TrainConfig, requested_name: str, data) -> None:
 
 
 def finalize(job: Job) -> None:
-    """Once per job, when it ends: record the run (if anything was saved) and the message to show."""
+    """Once per job, when it ends: record how it ended in the run's folder."""
     if getattr(job, "finalized", False):
         return
     job.finalized = True
-    done, epoch = job.last("done"), job.last("epoch")
-    if job.status == "done" and done:
-        metrics = {k: v for k, v in done.items() if k not in ("event", "model_obj", "checkpoint")}
-        add_run(job.name, job.run_dir, job.config, metrics, status="done")
-    elif epoch and epoch.get("checkpoint"):
-        # Stopped or diverged after at least one completed epoch: that checkpoint is a usable run.
-        metrics = {k: v for k, v in epoch.items() if k not in ("event", "checkpoint")}
-        add_run(job.name, job.run_dir, job.config, metrics,
-                status="stopped" if job.status == "stopped" else "diverged")
+    status = {"done": "done", "stopped": "stopped"}.get(job.status, "failed")
+    if status == "failed" and job.last("epoch"):
+        status = "diverged"
+    workspace().write_run_status(job.name, status=status, error=job.error)
 
 
 # ------------------------------------------------------------------ UI
@@ -251,17 +246,19 @@ def outcome_ui(job: Job) -> None:
 
 def runs_ui() -> None:
     st.subheader("Your runs")
-    if not runs():
-        st.caption("No runs yet — start one above. Runs are private to this browser session.")
+    runs = workspace().runs()
+    if not runs:
+        st.caption("No runs yet — start one above. Runs are private to your workspace: keep this page's link "
+                   "(its `?ws=`) to find them again.")
         return
     rows = []
-    for name, r in runs().items():
-        m, c = r.get("metrics", {}), r.get("config", {})
-        rows.append({"Run": name, "Status": r.get("status", "done"), "Model": c.get("model"),
+    for name, r in runs.items():
+        m, c = r.metrics, r.config
+        rows.append({"Run": name, "Status": r.status, "Model": c.get("model"),
                      "Epochs": m.get("epoch"), "Steps": m.get("step"), "Batch": c.get("batch_size"),
                      "LR": c.get("lr"), "Optimizer": c.get("optimizer"), "Augment": c.get("augment"),
                      "Val acc": _pct(m.get("val_acc")), "Test acc": _pct(m.get("test_acc")),
-                     "Time (s)": m.get("train_seconds"), "Device": m.get("device", ""), "Kind": r.get("kind", "train")})
+                     "Time (s)": m.get("train_seconds"), "Device": m.get("device", ""), "Kind": r.kind})
     df = pd.DataFrame(rows)
     st.dataframe(df, hide_index=True, width="stretch", column_config={
         "Val acc": st.column_config.NumberColumn(format="%.2f%%", help="On the held-out validation digits."),
@@ -269,19 +266,21 @@ def runs_ui() -> None:
                                                                         "(empty for stopped runs)."),
         "LR": st.column_config.NumberColumn(format="%.4g"),
         "Time (s)": st.column_config.NumberColumn(format="%.1f"),
-        "Status": st.column_config.TextColumn(help="done, stopped (last completed epoch kept) or diverged."),
+        "Status": st.column_config.TextColumn(help="done, stopped (last completed epoch kept), diverged, failed, "
+                                                   "queued or running."),
     })
     best = df.dropna(subset=["Test acc"]).sort_values("Test acc", ascending=False).head(1)
     if not best.empty:
         st.caption(f"Best so far: **{best.iloc[0]['Run']}** at {best.iloc[0]['Test acc']:.2f}% test accuracy.")
+    with_weights = [n for n, r in runs.items() if r.weights is not None]
+    if not with_weights:
+        return
     c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-    pick = c1.selectbox("Download a run's weights", list(runs()), key="train_download_pick",
+    pick = c1.selectbox("Download a run's weights", with_weights, key="train_download_pick",
                         help="safetensors weights with the configs in the header: load them with "
                              "core.load_checkpoint, or export them to ONNX on the Export page.")
-    weights = Path(runs()[pick]["dir"]) / "model.safetensors"
-    if weights.is_file():
-        c2.download_button("Download weights", weights.read_bytes, file_name=f"{pick}.safetensors",
-                           icon=":material/download:", width="stretch")
+    c2.download_button("Download weights", runs[pick].weights.read_bytes, file_name=f"{pick}.safetensors",
+                       icon=":material/download:", width="stretch")
 
 
 def _pct(x):

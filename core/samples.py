@@ -29,7 +29,6 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 MAX_SAMPLES = 20_000  # per set or import: a session set stays a few MB of RAM
 MAX_ZIP_BYTES = 64 * 2**20  # upload size
@@ -62,14 +61,14 @@ def check_label(label) -> int:
         return int(label)
     if isinstance(label, (int, np.integer)) and 0 <= int(label) <= 9:
         return int(label)
-    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+    if hasattr(label, "numel") and label.numel() == 1 and not label.is_floating_point():  # a torch scalar
         return check_label(int(label.item()))
     raise SampleError(f"label must be a digit 0-9, got {label!r}")
 
 
 def as_image(image) -> np.ndarray:
     """uint8 [28,28] from uint8 [28,28]/[1,28,28] or float in [0,1] (numpy or torch)."""
-    if isinstance(image, torch.Tensor):
+    if hasattr(image, "detach"):  # a torch tensor (torch itself is not imported: Draw stays torch-free)
         image = image.detach().cpu().numpy()
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[0] == 1:
@@ -211,8 +210,10 @@ class SampleSet:
             self._put(s)
         return len(self) - before
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 [N,28,28], int64 [N]): the format core.train.fit and the targets use."""
+    def tensors(self):
+        """(uint8 [N,28,28], int64 [N]) torch tensors: the format core.train.fit and the targets use."""
+        import torch
+
         if not self._items:
             return torch.zeros((0, 28, 28), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
         items = list(self._items.values())
@@ -374,9 +375,8 @@ class SampleStore:
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
-        from .data import DEFAULT_DATA_DIR
-
-        self.root = Path(root) if root is not None else DEFAULT_DATA_DIR / "samples"
+        # data/samples under the project (core.data.DEFAULT_DATA_DIR, not imported: it needs torch)
+        self.root = Path(root) if root is not None else Path(__file__).resolve().parent.parent / "data" / "samples"
 
     def path(self, sample_id: str, label: int) -> Path:
         if not ID_RE.match(sample_id):

@@ -24,7 +24,7 @@ PAGES = [("", "MNIST Lab", "home"), ("data", "Data", "data"), ("train", "Train",
 @pytest.fixture(scope="module")
 def app_url(mnist_dir, tmp_path_factory):
     require_chromium()
-    env = {"MNIST_DIR": str(mnist_dir), "MNIST_LAB_SESSIONS": str(tmp_path_factory.mktemp("sessions"))}
+    env = {"MNIST_DIR": str(mnist_dir), "MNIST_LAB_WORKSPACES": str(tmp_path_factory.mktemp("sessions"))}
     with streamlit_server(env, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
         yield url
 

@@ -35,7 +35,7 @@ PREDICTION_JS = """() => { const m = [...document.querySelectorAll('[data-testid
 @pytest.fixture(scope="module")
 def app_url(small_mnist_dir, tmp_path_factory):  # noqa: F811
     require_chromium()
-    env = {"MNIST_DIR": str(small_mnist_dir), "MNIST_LAB_SESSIONS": str(tmp_path_factory.mktemp("sessions"))}
+    env = {"MNIST_DIR": str(small_mnist_dir), "MNIST_LAB_WORKSPACES": str(tmp_path_factory.mktemp("sessions"))}
     with streamlit_server(env, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
         yield url
 
