@@ -490,8 +490,8 @@ class Executor:
         h = JobHandle(spec, config, self)
         with self._lock:
             self._handles[h.id] = h
-        h._write_job()
         self._enqueue(h)
+        h._write_job()  # after enqueueing, so it has its place in line (a later write wins: see _io)
         return h
 
     def get(self, job_id: str) -> JobHandle | None:
