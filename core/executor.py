@@ -759,7 +759,9 @@ class _Slot:
 
 class LocalExecutor(Executor):
     """Persistent worker processes ("spawn": the server is multi-threaded, never fork it), one
-    job each at a time, a first-come queue in front.
+    job each at a time, a first-come queue in front. Like every "spawn" child, a worker imports
+    the server's main module under another name: it must do nothing at import outside its
+    `if __name__ == "__main__":` block (Streamlit's command does nothing).
 
     workers: $MNIST_LAB_WORKERS, else one per GPU (each pinned to its GPU through
     CUDA_VISIBLE_DEVICES), else one per four cores (1 on a 2-core box). Each gets cores // workers
@@ -922,8 +924,11 @@ class LocalExecutor(Executor):
             if h._stop_requested is not None:
                 slot.stop_seq.value = slot.seq  # stopped between leaving the queue and now
         status, error = "failed", WORKER_DIED
+        payload = h._payload()
+        if self._gpus and str(h.config.get("device", "")).startswith("cuda:"):
+            payload["force_device"] = "cuda"  # the worker sees only its own GPU, as cuda:0
         try:
-            slot.conn.send(("job", slot.seq, h._payload()))
+            slot.conn.send(("job", slot.seq, payload))
             while True:
                 if not slot.conn.poll(FLUSH_SECONDS):
                     h._flush()
@@ -1201,6 +1206,8 @@ class RayExecutor(Executor):
                     self._end(job_id, h, "stopped" if h is not None and h._events else "cancelled", None)
                 else:
                     first = (str(e).strip().splitlines() or [""])[0][:300]
+                    if h is not None:
+                        _remove_partial_files(h.run_dir)
                     self._end(job_id, h, "failed", RAY_WORKER_DIED + (f" ({first})" if first else ""))
                 return
             if h is None:
