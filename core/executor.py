@@ -193,7 +193,7 @@ def _check_target(target: str) -> None:
         raise ValueError("user:DIR needs an existing folder of labeled drawings")
 
 
-def prepare_config(spec: JobSpec) -> dict:
+def _prepare_config(spec: JobSpec) -> dict:
     """The config a job will run with, validated; raises ValueError (naming the allowed range)
     before anything is queued. Train jobs get log_every=1: the stop flag is read after every
     event, so a step event every step is what makes Stop take effect within one step."""
@@ -294,7 +294,7 @@ def _worker_info() -> dict:
             "cuda": torch.cuda.is_available()}
 
 
-def run_job(payload: dict, cache: _DataCache, should_stop: Callable[[], bool]) -> Iterator[dict]:
+def _run_job(payload: dict, cache: _DataCache, should_stop: Callable[[], bool]) -> Iterator[dict]:
     """One job, in a worker: yields control messages ({"_ctl": "running" | "end", ...}) and the
     job's JSON-safe events. should_stop() is asked before anything runs and after every event;
     a stop closes the training generator, so the checkpoint of the last completed epoch
@@ -485,7 +485,7 @@ class Executor:
         range) or RuntimeError (shut down) with nothing queued."""
         if self._closed:
             raise RuntimeError("this executor has been shut down")
-        config = prepare_config(spec)
+        config = _prepare_config(spec)
         self._check_resources(spec, config)
         h = JobHandle(spec, config, self)
         with self._lock:
@@ -591,7 +591,9 @@ class Executor:
         if h.spec.kind == "train" and isinstance(start.get("train_size"), int):
             self._n_images[self._data_key(h)] = start["train_size"] + int(start.get("val_size") or 0)
         if h._status == "done":
-            self._durations.setdefault(h.spec.kind, []).append(took)
+            recent = self._durations.setdefault(h.spec.kind, [])
+            recent.append(took)
+            del recent[:-20]  # the recent past: speeds change with load and hardware
             if steps:
                 self._sec_per_step[self._model_key(h)] = took / steps
                 self._sec_per_step[("any",)] = took / steps
@@ -697,7 +699,7 @@ def _worker_main(conn, stop_seq, env: dict) -> None:
             return
         _, seq, payload = msg
         try:
-            for ev in run_job(payload, cache, lambda: stop_seq.value == seq):
+            for ev in _run_job(payload, cache, lambda: stop_seq.value == seq):
                 conn.send(ev)
         except (BrokenPipeError, EOFError, OSError):
             return
@@ -1042,7 +1044,7 @@ def _ray_job(payload: dict, board) -> Iterator[dict]:
     os.environ["MNIST_LAB_TORCH_THREADS"] = str(payload["threads"])
     if _RAY_CACHE is None:  # Ray reuses worker processes: keep the data loaded between jobs
         _RAY_CACHE = _DataCache(size=1)
-    yield from run_job(payload, _RAY_CACHE, _StopPoll(board, payload["id"]))
+    yield from _run_job(payload, _RAY_CACHE, _StopPoll(board, payload["id"]))
 
 
 RAY_WORKER_DIED = ("the Ray worker running this job died (killed, out of memory, or its node went away); "
