@@ -46,6 +46,9 @@ _API = {
     # insights.py (Insights and Evaluate pages)
     "first_layer_filters": "insights", "activations": "insights", "saliency": "insights", "grad_cam": "insights",
     "torch_model_for": "insights", "checkpoint_for": "insights", "InsightError": "insights",
+    # executor.py (training jobs in worker processes or on Ray, off the web server)
+    "JobSpec": "executor", "JobHandle": "executor", "Executor": "executor", "LocalExecutor": "executor",
+    "RayExecutor": "executor", "get_executor": "executor", "read_job": "executor", "read_events": "executor",
 }
 
 __all__ = sorted(_API)

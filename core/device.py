@@ -1,6 +1,8 @@
 """Pick the compute device once; everything else receives it as an argument."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .hardware import cpu_count
@@ -31,11 +33,20 @@ def resolve_device(requested: str | torch.device = "auto") -> torch.device:
     raise DeviceError(f"unknown device {requested!r}; use auto, cpu or cuda")
 
 
+THREADS_ENV = "MNIST_LAB_TORCH_THREADS"
+
+
 def configure_cpu() -> int:
     """Use every core this process may run on for intra-op work (torch's default can count
     cores outside the affinity mask, and oversubscribed small convs lose to thread hand-off).
+    $MNIST_LAB_TORCH_THREADS caps it: the executor's workers share the cores, so each one sets
+    its share there and jobs running side by side never oversubscribe them.
     Returns the thread count."""
     n = cpu_count()
+    try:
+        n = max(1, min(n, int(os.environ.get(THREADS_ENV) or n)))
+    except ValueError:
+        pass  # a malformed override is ignored, not fatal
     torch.set_num_threads(n)
     return n
 
