@@ -46,6 +46,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, fields
+from importlib import import_module
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -729,7 +730,8 @@ def _warm_up_worker() -> dict:
     from .device import configure_cpu, device_name, resolve_device
     from .models import ModelConfig, build_model
     from .train import TrainConfig, warm_up
-    from . import finetune  # noqa: F401 - imported now, not during the first fine-tune
+
+    import_module(".finetune", __package__)  # imported now, not during the first fine-tune
 
     configure_cpu()
     device = resolve_device("auto")

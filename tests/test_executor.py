@@ -175,15 +175,18 @@ def test_killed_worker_fails_job_keeps_checkpoint_and_next_job_runs(local, job):
     assert nxt.worker["pid"] != pid and nxt.last("done")["test_acc"] is not None
 
 
-def test_finetune_job_and_a_failing_job_leave_the_worker_alive(local, job):
+def test_finetune_pretrain_and_a_failing_job_leave_the_worker_alive(local, job):
     base = local.submit(job("base", epochs=2))
     ft = local.submit(job("ft", kind="finetune", base=base.spec.run_dir, target="inverted", shots=5,
                           max_steps=20, eval_every=10, lr=3e-3))
     # new-classes needs a 0-4 base: the worker raises, the job fails with that message.
     bad = local.submit(job("ft-bad", kind="finetune", base=base.spec.run_dir, target="new-classes", shots=5,
                            max_steps=5))
-    for h in (base, ft, bad):
+    pre = local.submit(job("base-0-4", kind="pretrain", max_steps=5))
+    for h in (base, ft, bad, pre):
         assert h.wait(TIMEOUT)
+    assert pre.status == "done" and pre.last("done")["classes"] == [0, 1, 2, 3, 4], pre.error
+    assert load_checkpoint(pre.spec.run_dir).metrics["classes"] == [0, 1, 2, 3, 4]
     assert base.status == "done" and ft.status == "done", (base.error, ft.error)
     done = ft.last("done")
     assert done["target"] == "inverted" and done["train_size"] == 50 and 0 <= done["target_acc_after"] <= 1
