@@ -17,7 +17,8 @@ import streamlit as st
 
 import core
 from core.catalog import KINDS, ModelEntry, model_catalog
-from core.workspace import Workspace
+from core.executor import JobHandle, get_executor
+from core.workspace import RunRecord, Workspace
 
 
 # ------------------------------------------------------------------ visitor-facing errors
@@ -94,8 +95,20 @@ def workspace() -> Workspace:
 
 @st.cache_resource(ttl=3600, show_spinner=False)
 def _remove_expired_workspaces() -> list[str]:
-    """At most once an hour per server: delete workspaces unused for MNIST_LAB_WORKSPACE_DAYS."""
-    return Workspace.remove_expired()
+    """At most once an hour per server: delete workspaces unused for MNIST_LAB_WORKSPACE_DAYS
+    (never one whose job is still queued or running here)."""
+    live = {h.spec.workspace for h in get_executor().jobs() if not h.finished}
+    return Workspace.remove_expired(keep=live)
+
+
+def live_job(rec: RunRecord) -> JobHandle | None:
+    """The executor's handle for a run's job while this server runs it (None once it is only on disk)."""
+    job_id = (rec.job or {}).get("id")
+    return get_executor().get(job_id) if job_id else None
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def models(kinds=KINDS, variants: bool = True) -> list[ModelEntry]:

@@ -4,6 +4,7 @@ with the same model trained from scratch on the same data and step budget."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import altair as alt
@@ -11,10 +12,10 @@ import pandas as pd
 import streamlit as st
 
 import core
-from core.jobs import Job
+from core.executor import JobSpec, get_executor, read_events
 from app_pages.common import public_error  # visitor-safe error text: no file-system paths
-from app_pages.common import (empty_state, get_data, image_grid, models, page_header, page_link, sidebar_status,
-                          workspace)
+from app_pages.common import (empty_state, get_data, image_grid, live_job, models, ordinal, page_header, page_link,
+                          sidebar_status, workspace)
 
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 SHIFT_TARGETS = ["inverted", "rotated", "thick", "thin", "noisy"]
@@ -43,9 +44,76 @@ def _target(spec: str, shots: int, max_test: int | None, data_key: str, _data):
     return build_target(spec, _data, shots=shots, max_test=max_test)
 
 
-def jobs() -> dict:
-    """name -> core.jobs.Job: this visitor's fine-tuning and pretraining jobs."""
-    return st.session_state.setdefault("ft_jobs", {})
+class RunState:
+    """A fine-tune (or 0-4 pretraining) run as the page shows it: from the executor while this
+    server runs it, from the workspace's files otherwise (after a reload or a restart)."""
+
+    def __init__(self, rec):
+        self.rec, self.name = rec, rec.name
+        self.job = live_job(rec)
+        self.status = self.job.status if self.job else rec.status
+        self.events = self.job.events() if self.job else read_events(rec.dir)
+        self.error = self.job.error if self.job else (rec.job or {}).get("error")
+        self.config = (rec.job or {}).get("config") or rec.config
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("queued", "running")
+
+    def last(self, event: str) -> dict | None:
+        return next((e for e in reversed(self.events) if e.get("event") == event), None)
+
+    def results(self) -> dict | None:
+        """The before/after/scratch figures of a completed fine-tune."""
+        done = self.last("done")
+        if self.status != "done" or done is None or "target_acc_after" not in done:
+            return None
+        if str(done.get("target", "")).startswith("user:"):  # the drawings copied into the run folder
+            done = {**done, "target": "drawings"}
+        return {**done, "test_acc": done.get("mnist_test_acc"), "config": self.config,
+                "label": public_error((self.last("start") or {}).get("target_description") or "")}
+
+
+def current(kind: str, key: str) -> RunState | None:
+    """The visitor's current run of this kind: the one they started last (view state), else their
+    newest queued or running one, else (fine-tunes) their newest."""
+    runs = [r for r in workspace().runs().values() if r.kind == kind]
+    name = st.session_state.get(key)
+    picked = next((r for r in runs if r.name == name), None)
+    active = [r for r in runs if r.status in ("queued", "running")]
+    rec = picked or (active[-1] if active else (runs[-1] if runs and kind == "finetune" else None))
+    return RunState(rec) if rec else None
+
+
+def submit(kind: str, requested: str, config: dict, **job) -> str:
+    """Queue a job into a new run folder of this visitor's workspace; -> the run's name."""
+    ws = workspace()
+    name, run_dir = ws.new_run(requested)
+    if job.get("target") == "drawings":
+        # The job reads a copy of the drawings kept with the run: the run says what it learned from,
+        # and drawings saved while it waits in the queue do not change it.
+        from core.samples import SampleStore
+
+        SampleStore(run_dir / "drawings").add_set(ws.samples.load())
+        job["target"] = f"user:{run_dir / 'drawings'}"
+    try:
+        get_executor().submit(JobSpec(kind, name, str(run_dir), config, workspace=ws.id, **job))
+    except Exception:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return name
+
+
+def queued_ui(state: RunState) -> None:
+    job = state.job
+    wait = job.eta_seconds if job else None
+    c1, c2 = st.columns([4, 1], vertical_alignment="center")
+    c1.info(f"Queued: **{ordinal((job.position if job else None) or 1)} in line**" +
+            (f", about {wait:.0f} s before it starts" if wait else "") +
+            ". Jobs take turns so that each one gets the whole machine.", icon=":material/hourglass_top:")
+    if job and c2.button("Cancel", icon=":material/close:", key=f"ft_cancel_{state.name}", width="stretch"):
+        job.stop()
+        st.rerun()
 
 
 def drawings_target(data, max_test: int | None):
@@ -215,8 +283,8 @@ def needs_0_4_base(spec: str | None, base) -> bool:
 def start_ui(data, base_path, base, spec, shots, frozen, reinit, hp) -> None:
     from core.finetune import FinetuneConfig
 
-    job = _current_job()
-    running = job is not None and job.running
+    cur = current("finetune", "ft_current")
+    running = cur is not None and cur.active
     c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     default = f"ft-{(spec or 'run').split(':')[0]}"
     name = c1.text_input("Run name", placeholder=default, max_chars=48, key="ft_name",
@@ -224,32 +292,23 @@ def start_ui(data, base_path, base, spec, shots, frozen, reinit, hp) -> None:
     start = c2.button("Start fine-tuning", type="primary", icon=":material/play_arrow:", width="stretch",
                       disabled=running or spec is None or base is None or needs_0_4_base(spec, base)
                       or len(frozen) == len(base.model.groups))
-    if c3.button("Stop", icon=":material/stop:", width="stretch", disabled=not running):
-        job.stop()
+    if c3.button("Stop", icon=":material/stop:", width="stretch", disabled=not (running and cur.job)):
+        cur.job.stop()
         st.toast("Stopping after the current step…")
     if not start:
         return
     try:
         cfg = FinetuneConfig(target=spec, freeze=list(frozen), reinit_head=reinit, shots=int(shots),
                              device="auto", eval_every=max(1, hp["max_steps"] // 10), **hp).validate()
-        target = drawings_target(data, hp["max_test"]) if spec == "drawings" else \
-            _target(spec, int(shots), hp["max_test"], data.description, data)
+        if spec == "drawings":
+            drawings_target(data, hp["max_test"])  # too few drawings is refused here, before anything is queued
+        st.session_state["ft_current"] = submit(
+            "finetune", name.strip() or default, cfg.to_dict(), base=str(base_path),
+            target=spec, shots=int(shots), max_test=hp["max_test"])
     except ValueError as e:
         st.error(public_error(e))
         return
-    run_name, run_dir = workspace().new_run(name.strip() or default)
-    workspace().write_run_status(run_name, kind="finetune", status="running", config=cfg.to_dict())
-    new = Job(lambda: core_finetune(cfg, base, data, run_dir, target), name=run_name).start()
-    jobs()[run_name] = new
-    st.session_state["ft_current"] = {"name": run_name, "dir": str(run_dir), "config": cfg.to_dict(),
-                                      "base": base_path, "target_label": target.description}
     st.rerun()
-
-
-def core_finetune(cfg, base, data, run_dir, target):
-    from core.finetune import finetune
-
-    return finetune(cfg, base, data, run_dir=run_dir, target=target)
 
 
 def new_classes_base_ui(data) -> None:
@@ -260,96 +319,74 @@ def new_classes_base_ui(data) -> None:
                f"{', '.join(map(str, BASE_CLASSES))}, so that 5-9 are really new to it. The chosen base knows "
                "other digits too.")
     ready = [n for n, r in workspace().runs().items() if r.metrics.get("classes") == list(BASE_CLASSES)]
-    started = st.session_state.get("ft_base_job")
-    job = jobs().get(started["name"]) if started else None
+    state = current("pretrain", "ft_base_job")
 
-    @st.fragment(run_every=1.0 if job is not None and job.running else None)
+    @st.fragment(run_every=1.0 if state is not None and state.active else None)
     def _progress():
-        j = jobs().get(started["name"])
-        if j.running:
-            last = j.last("step")
+        s = current("pretrain", "ft_base_job")
+        if s.status == "queued":
+            queued_ui(s)
+        elif s.status == "running":
+            last = s.last("step")
             st.progress(last["step"] / last["total_steps"] if last else 0.0,
                         text="Pretraining the fast model on digits 0-4 only…")
         else:
             st.rerun(scope="app")
 
     if ready:
-        st.success(f"Your 0-4 base is ready: pick **Run · {ready[-1]}** as the base model above.")
-    elif job is not None and job.running:
+        st.success(f"Your 0-4 base is ready: pick **Your run · {ready[-1]}** as the base model above.")
+    elif state is not None and state.active:
         _progress()
     elif st.button("Pretrain a 0-4 base (400 steps of the fast model)", icon=":material/school:"):
-        from core.finetune import pretrain_base
-
-        name, run_dir = workspace().new_run("base-0-4")
-        workspace().write_run_status(name, kind="pretrain", status="running")
         # ~400 steps whatever the data: under 2 epochs of full MNIST, enough epochs of the offline sample
         cfg = core.TrainConfig.preset("fast", epochs=30, max_steps=400, augment=True)
-        jobs()[name] = Job(lambda: pretrain_base(data, run_dir=run_dir, cfg=cfg), name=name).start()
-        st.session_state["ft_base_job"] = {"name": name, "dir": str(run_dir), "config": cfg.to_dict()}
-        st.rerun()
-    if job is not None and job.status == "failed":
-        st.error(f"Pretraining failed: {public_error(job.error)}")
-
-
-def _current_job() -> Job | None:
-    cur = st.session_state.get("ft_current")
-    return jobs().get(cur["name"]) if cur else None
-
-
-def _register_finished() -> None:
-    """Finished jobs become runs (once): the fine-tune and any 0-4 base."""
-    for key, kind in (("ft_current", "finetune"), ("ft_base_job", "train")):
-        cur = st.session_state.get(key)
-        job = jobs().get(cur["name"]) if cur else None
-        if job is None or job.running or getattr(job, "registered", False):
-            continue
-        job.registered = True
-        done = job.last("done")
-        if job.status == "done" and done is not None:
-            metrics = {k: v for k, v in done.items() if k not in ("event", "model_obj")}
-            if kind == "finetune":
-                metrics["test_acc"] = done.get("mnist_test_acc")
-                st.session_state.setdefault("ft_results", {})[cur["name"]] = {
-                    **metrics, "label": cur.get("target_label"), "config": cur["config"]}
-        workspace().write_run_status(cur["name"], kind=kind, status={"done": "done", "stopped": "stopped"}.get(
-            job.status, "failed"), error=job.error)
+        try:
+            st.session_state["ft_base_job"] = submit("pretrain", "base-0-4", cfg.to_dict())
+        except ValueError as e:
+            st.error(public_error(e))
+        else:
+            st.rerun()
+    if state is not None and state.status in ("failed", "interrupted"):
+        st.error(f"Pretraining did not finish: {public_error(state.error or 'its server stopped')}")
 
 
 def live_ui() -> None:
-    job = _current_job()
-    if job is None:
+    first = current("finetune", "ft_current")
+    if first is None:
         return
-    running = job.running
 
-    @st.fragment(run_every=1.0 if running else None)
+    @st.fragment(run_every=1.0 if first.active else None)
     def _live():
-        j = _current_job()
+        j = current("finetune", "ft_current")
         if j is None:
             return
-        events = j.snapshot()
-        start = next((e for e in events if e["event"] == "start"), None)
-        steps = [e for e in events if e["event"] == "step"]
-        evals = [e for e in events if e["event"] == "eval"]
-        name = st.session_state["ft_current"]["name"]
+        events = j.events
+        start = j.last("start")
+        steps = [e for e in events if e.get("event") == "step"]
+        evals = [e for e in events if e.get("event") == "eval"]
         if start:
-            st.caption(f"**{name}**: {start['model']} on {start['device']} · {start['target_description']} · "
+            st.caption(f"**{j.name}**: {start['model']} on {start['device']} · "
+                       f"{public_error(start['target_description'])} · "
                        f"{start['trainable_params']:,} trainable, {start['frozen_params']:,} frozen parameters.")
-        if steps:
+        if j.status == "queued":
+            queued_ui(j)
+        elif steps:
             last = steps[-1]
-            baseline = st.session_state["ft_current"]["config"].get("baseline", True)
+            baseline = j.config.get("baseline", True)
             phase_share = 0.5 if baseline else 1.0
             frac = last["step"] / max(1, last["total_steps"])
             done_frac = (phase_share * frac) + (0.5 if last["phase"] == "scratch" else 0.0)
             label = {"finetune": "Fine-tuning", "scratch": "Training from scratch (baseline)"}[last["phase"]]
-            if j.running:
+            if j.status == "running":
                 st.progress(min(1.0, done_frac),
                             text=f"{label}: step {last['step']}/{last['total_steps']} · loss {last['loss']:.3f} · "
                                  f"{last['images_per_sec']:,.0f} images/s")
             else:
-                took = (j.finished_at or 0) - (j.started_at or 0)
+                job = j.rec.job or {}
+                took = (job.get("finished_at") or 0) - (job.get("started_at") or 0)
                 st.progress(1.0 if j.status == "done" else min(1.0, done_frac),
-                            text=f"{j.status.capitalize()} after {took:.0f} s.")
-        elif j.running:
+                            text=f"{j.status.capitalize()}" + (f" after {took:.0f} s." if took > 0 else "."))
+        elif j.status == "running":
             st.progress(0.0, text="Preparing (scoring the base model on the target)…")
         c1, c2 = st.columns(2)
         if evals:
@@ -371,22 +408,26 @@ def live_ui() -> None:
                 color=alt.Color("run:N", scale=alt.Scale(domain=["fine-tune", "from scratch"],
                                                          range=["#7C5CFF", "#999999"]), title=None)).properties(
                 height=260, title="Training loss"), width="stretch")
-        if running and not j.running:
-            st.rerun(scope="app")  # finished: save the run and show the results on the whole page
+        if first.active and not j.active:
+            st.rerun(scope="app")  # finished: show the results on the whole page
 
     _live()
-    if job.status == "failed":
-        st.error(f"Fine-tuning failed: {public_error(job.error)}")
-    elif job.status == "stopped":
+    if first.status == "failed":
+        st.error(f"Fine-tuning failed: {public_error(first.error or 'unknown error')}")
+    elif first.status == "interrupted":
+        st.warning("This fine-tune was queued or running when the server stopped, so it did not finish. "
+                   "Start it again.")
+    elif first.status == "stopped":
         st.warning("Stopped. A fine-tune is saved only when it completes, so nothing was kept from this one.")
+    elif first.status == "cancelled":
+        st.info("Cancelled while it waited in the queue: nothing was trained.")
 
 
 def results_ui() -> None:
-    results = st.session_state.get("ft_results", {})
-    cur = st.session_state.get("ft_current")
-    if not cur or cur["name"] not in results:
+    cur = current("finetune", "ft_current")
+    r = cur.results() if cur else None
+    if r is None:
         return
-    r = results[cur["name"]]
     st.subheader("Before and after")
     pct = (lambda v: "—" if v is None else f"{100 * v:.2f}%")
     scratch = r.get("scratch_target_acc")
@@ -411,7 +452,7 @@ def results_ui() -> None:
     c[2].metric("Forgetting", f"{100 * r['forgetting']:.1f} pts", delta_color="off",
                 help="How much accuracy on the original task was lost.")
     explain_ui(r)
-    page_link("app_pages/evaluate.py", f"Evaluate {cur['name']} in depth")
+    page_link("app_pages/evaluate.py", f"Evaluate {cur.name} in depth")
 
 
 def explain_ui(r: dict) -> None:
@@ -443,7 +484,8 @@ def explain_ui(r: dict) -> None:
 
 
 def history_ui() -> None:
-    results = st.session_state.get("ft_results", {})
+    results = {n: r for n, rec in workspace().runs().items()
+               if rec.kind == "finetune" and (r := RunState(rec).results()) is not None}
     if len(results) < 2:
         return
     st.subheader("Your fine-tunes")
@@ -482,7 +524,6 @@ page_header("Fine-tune", "Adapt a trained model to new data with a few examples,
             "honestly whether pretraining helped: every run is compared with the same model trained from scratch.")
 data = get_data()
 sidebar_status(data)
-_register_finished()
 if data is None:
     st.info("Fine-tuning needs MNIST: the built-in targets are made from it, and forgetting is measured on it "
             "(see above).")

@@ -1,10 +1,11 @@
 """Train: pick a model and its hyperparameters, start a run, watch loss and
 accuracy live, stop it at any time, and compare runs.
 
-Training runs in a core.jobs.Job (a background thread) kept in this visitor's
-session, so it carries on while they switch pages. The live panel is a
-fragment that redraws from job.snapshot() every second; the rest of the page
-does not rerun.
+Training runs outside this server, in core.executor's worker processes (or a Ray
+cluster): the page submits a job into the visitor's workspace and shows its place
+in the queue, then its live events. The live panel is a fragment that redraws
+every second while the job is queued or running; the rest of the page does not
+rerun. Everything it shows comes back after a reload, from the workspace.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pandas as pd
 import streamlit as st
 
 import core
-from core.jobs import Job
-from core.train import LIMITS, PRESETS, TrainConfig, train
-from app_pages.common import get_data, page_header, page_link, public_error, sidebar_status, workspace
+from core.executor import JobSpec, get_executor, read_events
+from core.train import LIMITS, PRESETS, TrainConfig
+from core.workspace import RunRecord
+from app_pages.common import (get_data, live_job, ordinal, page_header, page_link, public_error, sidebar_status,
+                              workspace)
 
 OPTIMIZERS = {"sgd": "SGD (Nesterov momentum)", "adam": "Adam", "adamw": "AdamW"}
 SCHEDULES = {"onecycle": "One-cycle (warm up, then decay)", "cosine": "Cosine decay", "constant": "Constant"}
@@ -24,13 +27,20 @@ SCHEDULES = {"onecycle": "One-cycle (warm up, then decay)", "cosine": "Cosine de
 
 # ------------------------------------------------------------------ state
 
-def jobs() -> dict:
-    return st.session_state.setdefault("train_jobs", {})
-
-
-def active_job() -> Job | None:
+def current_run() -> RunRecord | None:
+    """The run the live panel shows: the one this visitor started or picked last, else (after a
+    reload) their newest queued or running one, else their newest run."""
+    runs = workspace().runs()
     name = st.session_state.get("train_active")
-    return jobs().get(name) if name else None
+    if name in runs:
+        return runs[name]
+    active = [r for r in runs.values() if r.status in ("queued", "running")]
+    return active[-1] if active else (list(runs.values())[-1] if runs else None)
+
+
+def busy() -> bool:
+    """This visitor has a run queued or running (one at a time each, so a room shares fairly)."""
+    return any(r.status in ("queued", "running") for r in workspace().runs().values())
 
 
 def _key(model: str, field: str) -> str:
@@ -44,29 +54,20 @@ def reset_preset(model: str) -> None:
         del st.session_state[k]
 
 
-def start(cfg: TrainConfig, requested_name: str, data) -> None:
+def start(cfg: TrainConfig, requested_name: str) -> None:
     # A batch that cannot fit in memory is refused here, with the batch sizes that do fit,
-    # rather than failing in the background a moment later.
+    # rather than failing in a worker a moment later.
     core.check_memory(core.build_model(cfg.model), cfg, core.resolve_device(cfg.device))
-    name, run_dir = workspace().new_run(requested_name or cfg.model)
-    workspace().write_run_status(name, kind="train", status="running", config=cfg.to_dict())
-    job = Job(lambda: train(cfg, data, run_dir=run_dir), name=name)
-    job.run_dir, job.config = run_dir, cfg.to_dict()
-    jobs()[name] = job.start()
+    ws = workspace()
+    name, run_dir = ws.new_run(requested_name or cfg.model)
+    try:
+        get_executor().submit(JobSpec("train", name, str(run_dir), cfg.to_dict(), workspace=ws.id))
+    except Exception:
+        ws.delete_run(name) if ws.run(name) else run_dir.rmdir()
+        raise
     st.session_state.train_active = name
     if name != requested_name:
         st.session_state.train_renamed = (requested_name, name)
-
-
-def finalize(job: Job) -> None:
-    """Once per job, when it ends: record how it ended in the run's folder."""
-    if getattr(job, "finalized", False):
-        return
-    job.finalized = True
-    status = {"done": "done", "stopped": "stopped"}.get(job.status, "failed")
-    if status == "failed" and job.last("epoch"):
-        status = "diverged"
-    workspace().write_run_status(job.name, status=status, error=job.error)
 
 
 # ------------------------------------------------------------------ UI
@@ -84,7 +85,7 @@ def _choice(col, label: str, model: str, field: str, options: dict, default: str
 
 
 def form_ui(data) -> None:
-    busy = (job := active_job()) is not None and job.running
+    running = busy()
     model = st.selectbox("Model", list(core.MODELS), index=list(core.MODELS).index("fast"), key="train_model",
                          persist_state="session", format_func=lambda m: f"{m} — {core.MODELS[m].description}",
                          help="The architecture. 'fast' reaches ~99% in one epoch on a CPU; 'accurate' is deeper "
@@ -124,14 +125,14 @@ def form_ui(data) -> None:
                              schedule=schedule, weight_decay=float(wd), label_smoothing=float(smoothing),
                              augment=augment, device=device, max_steps=int(max_steps) or None)
     b1, b2, _ = st.columns([1, 1, 3])
-    clicked = b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=busy,
-                        width="stretch", help="A run is already going; stop it first." if busy else None)
+    clicked = b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=running,
+                        width="stretch", help="Your run is queued or going; stop it first." if running else None)
     b2.button("Reset to preset", on_click=reset_preset, args=(model,), width="stretch",
               help=f"Back to the '{model}' recipe: {PRESETS.get(model)}.")
     if clicked:
         try:
             cfg.validate()
-            start(cfg, name.strip(), data)
+            start(cfg, name.strip())
         except (ValueError, core.DeviceError) as e:  # bad hyperparameters, name or device: say which and why
             st.error(f"Cannot start: {public_error(e)}")
         else:
@@ -176,26 +177,37 @@ def charts_ui(events: list[dict]) -> None:
 
 
 def live_ui() -> None:
-    """The running (or last) job: progress, live charts, Stop, and how it ended."""
-    job = active_job()
-    if job is None:
+    """The current run: its place in the queue, then progress, live charts and Stop, then how it ended."""
+    rec = current_run()
+    if rec is None:
         return
-    if not job.running:
-        finalize(job)
-        if st.session_state.get("train_refreshed") != job.name:
-            # The job just ended while this fragment was polling: one full rerun updates the
-            # run table and stops the polling (run_every is only set while a job runs).
-            st.session_state.train_refreshed = job.name
+    job = live_job(rec)
+    status = job.status if job else rec.status
+    events = job.events() if job else read_events(rec.dir)
+    if status not in ("queued", "running") and st.session_state.get("train_refreshed") != rec.name:
+        # The job just ended while this fragment was polling: one full rerun updates the run
+        # table and the Start button, and stops the polling (run_every is set only while it runs).
+        st.session_state.train_refreshed = rec.name
+        if st.session_state.get("train_polling") == rec.name:
             st.rerun()
-    events = job.snapshot()
-    start_ev = next((e for e in events if e["event"] == "start"), None)
-    step_ev = job.last("step")
-    st.subheader(f"Run “{job.name}”")
+    st.subheader(f"Run “{rec.name}”")
     if renamed := st.session_state.pop("train_renamed", None):
         if renamed[0]:
             st.caption(f"“{renamed[0]}” became “{renamed[1]}” (safe characters only, and names are unique).")
+    start_ev = next((e for e in events if e.get("event") == "start"), None)
+    step_ev = next((e for e in reversed(events) if e.get("event") == "step"), None)
     device = start_ev["device"] if start_ev else "…"
-    if job.running:
+    if status == "queued":
+        top = st.columns([4, 1], vertical_alignment="center")
+        wait = job.eta_seconds if job else None
+        top[0].info(f"Queued: **{ordinal(job.position or 1)} in line**" +
+                    (f", about {_eta(wait)} before it starts" if wait else "") +
+                    ". Runs take turns so that each one gets the whole machine.", icon=":material/hourglass_top:")
+        if top[1].button("Cancel", icon=":material/close:", key="train_cancel", width="stretch",
+                         help="Leave the queue; nothing is trained or saved."):
+            job.stop()
+            st.rerun()
+    elif status == "running":
         top = st.columns([4, 1], vertical_alignment="center")
         if step_ev:
             done_frac = step_ev["step"] / max(1, step_ev["total_steps"])
@@ -211,18 +223,20 @@ def live_ui() -> None:
             job.stop()
             st.toast("Stopping after the current step…")
     else:
-        outcome_ui(job)
+        outcome_ui(rec, status, events, job.error if job else (rec.job or {}).get("error"))
     charts_ui(events)
 
 
-def outcome_ui(job: Job) -> None:
-    epoch, done = job.last("epoch"), job.last("done")
-    ckpt = epoch.get("checkpoint") if epoch else None
-    if job.status == "done" and done:
+def outcome_ui(rec: RunRecord, status: str, events: list[dict], error: str | None) -> None:
+    epoch = next((e for e in reversed(events) if e.get("event") == "epoch"), None)
+    done = next((e for e in reversed(events) if e.get("event") == "done"), None)
+    step = next((e for e in reversed(events) if e.get("event") == "step"), None)
+    ckpt = rec.weights
+    if status == "done" and done:
         warm = done.get("warmup_seconds") or 0.0  # CUDA's one-time start-up, kept out of the training time
         st.success(f"Done: **{100 * done['test_acc']:.2f}%** test accuracy after {done.get('train_seconds', 0):.1f} s "
                    f"of training on {done['device']}" + (f" (plus {warm:.1f} s to start the GPU)" if warm >= 0.05 else "")
-                   + f". Saved as run “{job.name}”.", icon=":material/check_circle:")
+                   + f". Saved as run “{rec.name}”.", icon=":material/check_circle:")
         c1, c2, c3 = st.columns(3)
         with c1:
             page_link("app_pages/evaluate.py", "Evaluate it")
@@ -230,18 +244,25 @@ def outcome_ui(job: Job) -> None:
             page_link("app_pages/export.py", "Export it to ONNX")
         with c3:
             page_link("app_pages/finetune.py", "Fine-tune it")
-    elif job.status == "stopped":
-        if ckpt:
-            st.warning(f"Stopped at step {job.last('step')['step']:,}. The last completed checkpoint survives: "
+    elif status == "stopped":
+        if ckpt and epoch:
+            at = f" at step {step['step']:,}" if step else ""
+            st.warning(f"Stopped{at}. The last completed checkpoint survives: "
                        f"epoch {epoch['epoch']} (validation accuracy {100 * epoch.get('val_acc', 0):.2f}%), "
-                       f"saved as run “{job.name}”.", icon=":material/stop_circle:")
+                       f"saved as run “{rec.name}”.", icon=":material/stop_circle:")
         else:
             st.warning("Stopped before the first epoch finished, so no checkpoint was written and no run was "
                        "saved. Set *Stop after steps* for a short run that still saves.", icon=":material/stop_circle:")
-    else:  # failed: divergence or another error, with the explanation core gave
-        st.error(f"Training stopped: {public_error(job.error)}", icon=":material/error:")
-        if ckpt:
-            st.caption(f"The checkpoint from epoch {epoch['epoch']} is kept as run “{job.name}”.")
+    elif status == "cancelled":
+        st.info("Cancelled while it waited in the queue: nothing was trained.", icon=":material/close:")
+    elif status == "interrupted":
+        st.warning("This run was queued or training when the server stopped, so it did not finish." +
+                   (" Its last completed epoch is kept." if ckpt else " Nothing was saved: start it again."),
+                   icon=":material/warning:")
+    else:  # failed: divergence, a dead worker or another error, with the explanation core gave
+        st.error(f"Training stopped: {public_error(error or 'unknown error')}", icon=":material/error:")
+        if ckpt and epoch:
+            st.caption(f"The checkpoint from epoch {epoch['epoch']} is kept as run “{rec.name}”.")
 
 
 def runs_ui() -> None:
@@ -272,10 +293,15 @@ def runs_ui() -> None:
     best = df.dropna(subset=["Test acc"]).sort_values("Test acc", ascending=False).head(1)
     if not best.empty:
         st.caption(f"Best so far: **{best.iloc[0]['Run']}** at {best.iloc[0]['Test acc']:.2f}% test accuracy.")
+    c0, c1, c2 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    shown = current_run()
+    c0.selectbox("Show a run above", list(runs), index=list(runs).index(shown.name) if shown else 0,
+                 key="train_show_pick", on_change=lambda: st.session_state.update(
+                     train_active=st.session_state.train_show_pick),
+                 help="Its charts, metrics and how it ended, in the panel above.")
     with_weights = [n for n, r in runs.items() if r.weights is not None]
     if not with_weights:
         return
-    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
     pick = c1.selectbox("Download a run's weights", with_weights, key="train_download_pick",
                         help="safetensors weights with the configs in the header: load them with "
                              "core.load_checkpoint, or export them to ONNX on the Export page.")
@@ -298,7 +324,9 @@ if data is not None:
         st.info("Training on the offline 5,000-digit sample: fine for learning how it works. The epochs are "
                 "raised so a run gets about 200 steps; expect about 98% rather than 99%+.")
     form_ui(data)
-    job = active_job()
-    # Poll every second only while a job runs; a finished job's panel is static.
-    st.fragment(run_every=1.0 if job is not None and job.running else None)(live_ui)()
+    rec = current_run()
+    polling = rec is not None and rec.status in ("queued", "running")
+    st.session_state.train_polling = rec.name if polling else None
+    # Poll every second only while a run is queued or going; a finished run's panel is static.
+    st.fragment(run_every=1.0 if polling else None)(live_ui)()
     runs_ui()

@@ -58,7 +58,7 @@ def conv_bn(cin: int, cout: int, pool: bool = False) -> nn.Sequential:
 
 
 class MLP(MNISTModel):
-    description = "The seeds' fully connected net, 784-128-10."
+    description = "A fully connected net, 784-128-10 (the classic MNIST baseline)."
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -71,7 +71,7 @@ class MLP(MNISTModel):
 class Classic(MNISTModel):
     """pytorch/examples' MNIST CNN, layer for layer (logits instead of log_softmax)."""
 
-    description = "The seeds' CNN: conv32, conv64, max-pool, dropout, fc128 (1.2M params)."
+    description = "pytorch/examples' MNIST CNN: conv32, conv64, max-pool, dropout, fc128 (1.2M params)."
 
     def __init__(self, num_classes: int = 10):
         super().__init__()

@@ -120,7 +120,7 @@ def check_memory(model: nn.Module, cfg: "TrainConfig", device: torch.device,
                          f"{free / 2**30:.1f} GB is free on {device.type}; batch_size must be in [1, {fit}] here")
 
 
-# Per-model recipes. "classic" is the seeds' recipe (Adam 1e-3, batch 64, flat lr).
+# Per-model recipes. "classic" is pytorch/examples' MNIST recipe (Adam 1e-3, batch 64, flat lr).
 PRESETS: dict[str, dict] = {
     "mlp": dict(optimizer="adam", lr=2e-3, batch_size=128, schedule="onecycle"),
     "classic": dict(optimizer="adam", lr=1e-3, batch_size=64, schedule="constant"),
@@ -183,10 +183,6 @@ class TrainConfig:
 
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        for name, (lo, hi) in LIMITS.items():
-            v = getattr(self, name)
-            if v is None and name in ("max_steps", "head_lr"):
-                continue
         check_limits(self, LIMITS, optional=("max_steps", "head_lr"),
                      whole=("epochs", "batch_size", "max_steps", "val_size", "log_every"))
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

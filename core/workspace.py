@@ -21,12 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_write_text
 from .names import unique_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
-WEIGHTS_NAME, RUN_META, JOB_META = "model.safetensors", "run.json", "job.json"
+WEIGHTS_NAME, RUN_META = "model.safetensors", "run.json"
 _MARKER = ".workspace"  # its mtime is the last time the workspace was opened
 
 
@@ -52,8 +51,8 @@ class QuotaExceeded(WorkspaceError):
 
 @dataclass
 class RunRecord:
-    """One run folder as a page shows it. status: done | stopped | diverged | failed | queued |
-    running | interrupted (its job was running when the server stopped) | cancelled."""
+    """One run folder as a page shows it. status: done | stopped | failed | queued | running |
+    cancelled | interrupted (its job was queued or running when its server stopped)."""
     name: str
     dir: Path
     kind: str = "train"  # train | finetune | pretrain
@@ -199,18 +198,21 @@ class Workspace:
         return name, run_dir
 
     def run(self, name: str) -> RunRecord | None:
+        from .executor import read_job  # no torch there either
+
         d = self.runs_dir / name
         if "/" in name or name in ("", ".", "..") or not d.is_dir():
             return None
-        meta, job = _read_json(d / RUN_META), _read_json(d / JOB_META)
+        meta, job = _read_json(d / RUN_META), read_job(d)
         if meta is None and job is None:
             return None
         metrics = dict((meta or {}).get("metrics") or {})
-        config = (meta or {}).get("train_config") or (job or {}).get("config") or {}
-        kind = (job or {}).get("kind") or metrics.get("kind") or ("finetune" if "target" in metrics else "train")
-        status = (job or {}).get("status") or metrics.get("status") or "done"
-        if job is None and meta is not None and not metrics.get("test_acc") and "status" not in metrics:
-            status = "stopped"  # a checkpoint from a completed epoch, no final test score
+        config = (job or {}).get("config") or (meta or {}).get("train_config") or {}
+        kind = (job or {}).get("kind") or ("finetune" if "target" in metrics else "train")
+        if job is not None:
+            status = job.get("status") or "done"
+        else:  # made outside the executor (the CLI): a final test score means it finished
+            status = "done" if metrics.get("test_acc") is not None else "stopped"
         return RunRecord(name, d, kind, status, config, metrics, job)
 
     def runs(self) -> dict[str, RunRecord]:
@@ -229,13 +231,6 @@ class Workspace:
         if rec is None:
             raise WorkspaceError(f"no run named {name!r}")
         shutil.rmtree(rec.dir)
-
-    def write_run_status(self, name: str, **fields) -> None:
-        """Record fields (status, metrics) in a run's job.json, for runs made outside the executor."""
-        d = self.runs_dir / name
-        job = _read_json(d / JOB_META) or {"name": name}
-        job.update(fields)
-        atomic_write_text(d / JOB_META, json.dumps(job, indent=2, default=str))
 
     # -------------------------------------------------------------- exports
     def export_path(self, requested: str) -> Path:
