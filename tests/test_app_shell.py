@@ -76,3 +76,22 @@ def test_first_visitor_of_a_fresh_server_sees_only_the_apps_menu(path, title, mn
     assert menus, "the sidebar never showed a menu"
     for items in menus:
         assert items == MENU, f"the sidebar showed {items}, not the app's menu"
+
+
+def test_readme_engine_table_lists_every_core_module():
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## The engine (`core/`)", 1)[1].split("###", 1)[0]
+    listed = set(re.findall(r"`([a-z_]+\.py)`", table))
+    modules = {p.name for p in (ROOT / "core").glob("*.py")}
+    assert modules - listed == set(), f"core modules missing from the README's engine table: {modules - listed}"
+    assert listed - modules == set(), f"the README lists modules that do not exist: {listed - modules}"
+
+
+def test_no_module_uses_another_modules_private_names():
+    for f in [*ROOT.glob("core/*.py"), *ROOT.glob("app_pages/*.py")]:
+        for m in re.finditer(r"from \.?([\w.]+) import ([^\n]+)", f.read_text()):
+            names = [n.strip(" ()").split(" as ")[0] for n in m.group(2).split(",")]
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            assert not private, f"{f.name} imports private names {private} from {m.group(1)}"
+        assert not re.search(r"\b(?:data|train|export|inference|checkpoint)\._[a-z]", f.read_text()), \
+            f"{f.name} reaches into another module's private names"
