@@ -72,6 +72,42 @@ def probability_bars(probs, digit: int) -> str:
             f'style="display:flex;gap:2px;height:120px;align-items:stretch">{"".join(cells)}</div>')
 
 
+# Touch screens have no hover, and the canvas's toolbar (undo, redo, clear) only shows while the
+# pointer hovers the canvas: on a phone it stayed invisible. This pins it open where the primary
+# pointer cannot hover. The toolbar's styles live in the canvas component's shadow root (its
+# isolate_styles), so the rule goes in there; class names are streamlit-drawable-canvas 0.13's
+# (pinned in requirements.txt; tests/test_draw_phone.py checks the toolbar shows on touch).
+TOUCH_TOOLBAR_JS = """
+const RULE = '@media (hover: none), (pointer: coarse) { .dc-toolbar { opacity: 1 !important; top: -2.65rem !important; } }';
+function pin() {
+  let done = false;
+  for (const host of document.querySelectorAll('[data-testid="stBidiComponentIsolated"]')) {
+    const root = host.shadowRoot;
+    if (!root || !root.querySelector('.dc-toolbar')) continue;
+    if (!root.querySelector('style[data-mnist-lab-touch]')) {
+      const style = document.createElement('style');
+      style.dataset.mnistLabTouch = '';
+      style.textContent = RULE;
+      root.appendChild(style);
+    }
+    done = true;
+  }
+  return done;
+}
+export default function () {
+  if (pin()) return;
+  const timer = setInterval(() => { if (pin()) clearInterval(timer); }, 100);  // the canvas is still mounting
+  const stop = setTimeout(() => clearInterval(timer), 20000);
+  return () => { clearInterval(timer); clearTimeout(stop); };
+}
+"""
+
+
+@st.cache_resource(show_spinner=False)
+def _touch_toolbar():
+    return st.components.v2.component("mnist_lab_touch_toolbar", js=TOUCH_TOOLBAR_JS)
+
+
 # ------------------------------------------------------------------ UI
 
 def sidebar_ui() -> str | None:
@@ -96,6 +132,7 @@ def canvas_ui():
     """The canvas and its pen; -> the drawing as RGBA [280,280,4], or None before the first stroke.
     The stroke width sits under the canvas, not in the sidebar: on a phone the sidebar is folded away."""
     stroke = st.session_state.get("draw_stroke", 18)
+    st.markdown("**Draw a digit**")  # also the room the canvas toolbar opens into, above the canvas
     result = st_canvas(stroke_width=stroke, stroke_color="#FFFFFF", background_color="#000000",
                        width=CANVAS, height=CANVAS, drawing_mode="freedraw", update_streamlit=True,
                        return_image_data=True, key="canvas")
@@ -127,27 +164,39 @@ def photo_ui(error: str | None) -> None:
         st.error(error, icon=":material/error:")
 
 
-def prediction_ui(out: dict | None, predictor, photo_name: str | None) -> None:
+def has_input() -> bool:
+    """Whether this run has something to read: a drawing the canvas sent, or an uploaded photo."""
+    try:
+        drawn = st.session_state.get("canvas")["drawing"]["data"] is not None
+    except (KeyError, TypeError):
+        drawn = False
+    return drawn or st.session_state.get("draw_photo") is not None
+
+
+def metrics_ui(out: dict | None) -> None:
+    """Prediction and Confidence on one line, always both (blank: "—"), so the canvas under them
+    never moves between strokes. A horizontal container, not columns: columns stack on a phone."""
+    blank = out is None or out["blank"]
+    with st.container(horizontal=True, gap="medium"):
+        st.metric("Prediction", "—" if blank else str(out["digit"]), width="content",
+                  help="The digit the model thinks you drew.")
+        st.metric("Confidence", "—" if blank else f"{100 * float(out['probs'][out['digit']]):.1f}%", width="content",
+                  help="The model's probability for that digit. Confident is not the same as right: see the "
+                       "Evaluate page's reliability diagram.")
+
+
+def details_ui(out: dict | None, predictor, photo_name: str | None) -> None:
+    """The ten probabilities, provider and latency; or, with nothing to read, what to do."""
     if out is None or out["blank"]:
-        st.metric("Prediction", "—", help="The digit the model thinks you drew.")
         reason = (out or {}).get("reason", "").removeprefix("no digit: ")
         hint = "Draw a digit from 0 to 9 on the black canvas: one stroke or several, as large as you like."
         if reason and "empty" not in reason and "nothing" not in reason:
             hint = f"Not a digit yet: {reason}."  # e.g. a dot or a stray mark
         st.info(hint, icon=":material/draw:")
         return
-    probs = out["probs"]
-    digit = out["digit"]
-    # A horizontal container, not columns: columns stack on a phone, and the digit and its
-    # confidence belong on one line right under the canvas.
-    with st.container(horizontal=True, gap="medium"):
-        st.metric("Prediction", str(digit), help="The digit the model thinks you drew.", width="content")
-        st.metric("Confidence", f"{100 * float(probs[digit]):.1f}%", width="content",
-                  help="The model's probability for that digit. Confident is not the same as right: see the "
-                       "Evaluate page's reliability diagram.")
     if photo_name:
         st.caption(f"Reading the uploaded photo **{public_error(photo_name)}**; remove it to read the canvas.")
-    st.html(probability_bars(probs, digit))
+    st.html(probability_bars(out["probs"], out["digit"]))
     runner_up = out["top3"][1] if len(out["top3"]) > 1 else None
     st.caption(f"onnxruntime on **{PROVIDERS.get(predictor.provider, predictor.provider)}** · "
                f"**{out['latency_ms']:.1f} ms** for preprocessing + inference"
@@ -158,9 +207,9 @@ def save_ui(out: dict | None) -> None:
     """Label (the prediction preselected) and Save sample, beside the prediction: they save the
     drawing this fragment run just read. Saving reruns the whole page so the counts below update."""
     default = str(out["digit"]) if out and not out["blank"] else None
-    label = st.segmented_control("Label", [str(d) for d in range(10)], default=default,
-                                 key=f"draw_label_{default}", help="What you meant to draw (the prediction is "
-                                                                   "preselected; correct it if it's wrong).")
+    # Pills, not a segmented control: ten of them wrap on a phone instead of running off its edge.
+    label = st.pills("Label", [str(d) for d in range(10)], default=default, key=f"draw_label_{default}",
+                     help="What you meant to draw (the prediction is preselected; correct it if it's wrong).")
     can_save = out is not None and not out["blank"] and label is not None
     if st.button("Save sample", icon=":material/add:", disabled=not can_save, type="primary"):
         store = workspace().samples
@@ -193,31 +242,40 @@ def steps_ui(out: dict | None) -> None:
 
 @st.fragment
 def drawing_ui(path: str | None) -> None:
-    """Everything a stroke changes, and nothing else: a stroke reruns this function only."""
-    left, right = st.columns([1, 1.3], gap="large")
+    """Everything a stroke changes, and nothing else: a stroke reruns this function only.
+    Prediction above the canvas, the rest beside it (desktop) or under it (phone, where columns
+    stack): drawing and reading the answer need no scrolling on a 390x844 screen."""
+    left, right = st.columns([1, 1.3], gap="medium")
     with left:
-        # The canvas first: on a cold server it is on screen before onnxruntime has started.
+        head = st.empty()
+        early = not has_input()
+        if early:  # nothing to read: the blank metrics now, so a cold server shows the canvas at once
+            with head.container():
+                metrics_ui(None)
         rgba = canvas_ui()
     predictor = load_model(path) if path else None
-    out = None
+    out, photo_error = read_photo(predictor)
+    photo = st.session_state.get("draw_photo") if out is not None else None
+    if out is None and predictor is not None and rgba is not None:
+        try:
+            out = predict_canvas(predictor, rgba)
+        except ValueError as e:  # a malformed canvas image: say so instead of failing the page
+            st.error(f"Could not read the canvas: {public_error(e)}")
+    if out is not None and not out["blank"]:
+        st.session_state["last_drawing"] = out["pre"].image  # float32 [28,28]: Insights explains this drawing
+    if not early:
+        with head.container():
+            metrics_ui(out)
     with right:
-        out, photo_error = read_photo(predictor)
-        photo = st.session_state.get("draw_photo") if out is not None else None
-        if out is None and predictor is not None and rgba is not None:
-            try:
-                out = predict_canvas(predictor, rgba)
-            except ValueError as e:  # a malformed canvas image: say so instead of failing the page
-                st.error(f"Could not read the canvas: {public_error(e)}")
-        if out is not None and not out["blank"]:
-            st.session_state["last_drawing"] = out["pre"].image  # float32 [28,28]: Insights explains this drawing
         if predictor is not None:
-            prediction_ui(out, predictor, photo.name if photo is not None else None)
+            details_ui(out, predictor, photo.name if photo is not None else None)
             save_ui(out)
     st.caption("White ink on black, like MNIST. The toolbar above the canvas (it shows when you touch or "
                "hover the canvas) undoes, redoes and clears (the bin). The model reads your digit every time "
                "you lift the pen.")
     steps_ui(out)
     photo_ui(photo_error)
+    _touch_toolbar()(key="touch_toolbar")  # draws nothing; last, so it adds no gap near the canvas
 
 
 def samples_ui() -> None:

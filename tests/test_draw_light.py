@@ -144,3 +144,39 @@ def test_a_stroke_reruns_only_the_drawing_fragment(server):
         assert prediction(page) == "7"
         assert_no_errors(page, "draw-after-save")
         browser.close()
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    return "\n".join(parts + [a.value for kind in ("info", "warning", "error") for a in getattr(at, kind)])
+
+
+def test_home_describes_every_data_source_without_loading_it(monkeypatch, tmp_path, mnist_dir):
+    """Home's Data card and sidebar from describe_source(): full MNIST, a folder with no MNIST in
+    it, the offline sample, and a machine that would download on first use."""
+    import core.data
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("MNIST_LAB_WORKSPACES", str(tmp_path / "ws"))
+
+    def home():
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+        at.switch_page("app_pages/home.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return _texts(at)
+
+    monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
+    body = home()
+    assert "60,000 train + 10,000 test digits" in body and "official MNIST files from MNIST_DIR" in body
+    assert str(mnist_dir) not in body  # no server paths for visitors
+    empty = tmp_path / "no-mnist-here"
+    empty.mkdir()
+    monkeypatch.setenv("MNIST_DIR", str(empty))
+    body = home()
+    assert "No MNIST data is available" in body and "MNIST_DIR" in body and str(tmp_path) not in body
+    monkeypatch.delenv("MNIST_DIR")
+    monkeypatch.setattr(core.data, "DEFAULT_DATA_DIR", tmp_path / "no-data")
+    monkeypatch.setenv("MNIST_NO_DOWNLOAD", "1")
+    assert "offline 5,000-digit sample" in home()
+    monkeypatch.delenv("MNIST_NO_DOWNLOAD")
+    assert "MNIST is not downloaded yet" in home()
