@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import streamlit as st
-from streamlit_drawable_canvas import st_canvas  # components v2: importable only inside a running app
+from streamlit_drawable_canvas import CanvasResult, st_canvas  # components v2: only inside a running app
 
 from core import explore
 from core.inference import ModelError, predict_canvas, predict_image
@@ -128,18 +128,29 @@ def sidebar_ui() -> str | None:
     return path
 
 
-def canvas_ui():
-    """The canvas and its pen; -> the drawing as RGBA [280,280,4], or None before the first stroke.
-    The stroke width sits under the canvas, not in the sidebar: on a phone the sidebar is folded away."""
+def drawn_image():
+    """The drawing the canvas sent last, as RGBA [280,280,4], or None before the first stroke. Read
+    from the canvas's state before the canvas is drawn, so the prediction can be the first thing
+    this run sends: the browser renders a run's messages one by one, and every one sent before
+    the Prediction delays it (measured: ~20 ms each on a 2-core box)."""
+    try:
+        url = st.session_state.get("canvas")["drawing"]["data"]
+    except (KeyError, TypeError):
+        return None
+    # The component's own decoder (base64 PNG -> numpy), as st_canvas(...).image_data would run it.
+    return None if url is None else CanvasResult(None, url, return_image_data=True).image_data
+
+
+def canvas_ui() -> None:
+    """The canvas and its pen. The stroke width sits under the canvas, not in the sidebar: on a phone
+    the sidebar is folded away."""
     stroke = st.session_state.get("draw_stroke", 18)
     st.markdown("**Draw a digit**")  # also the room the canvas toolbar opens into, above the canvas
-    result = st_canvas(stroke_width=stroke, stroke_color="#FFFFFF", background_color="#000000",
-                       width=CANVAS, height=CANVAS, drawing_mode="freedraw", update_streamlit=True,
-                       return_image_data=True, key="canvas")
+    st_canvas(stroke_width=stroke, stroke_color="#FFFFFF", background_color="#000000", width=CANVAS, height=CANVAS,
+              drawing_mode="freedraw", update_streamlit=True, return_image_data=True, key="canvas")
     st.slider("Stroke width", 6, 40, 18, key="draw_stroke", persist_state="session", width=CANVAS,
               help="Pen thickness in canvas pixels. Thickness is normalised away by the preprocessing, "
                    "within reason.")
-    return result.image_data  # decodes the PNG the canvas sent: read it once
 
 
 def read_photo(predictor) -> tuple[dict | None, str | None]:
@@ -156,21 +167,12 @@ def read_photo(predictor) -> tuple[dict | None, str | None]:
         return None, f"Could not read {public_error(upload.name)}: {public_error(e)}"
 
 
-def photo_ui(error: str | None) -> None:
+def photo_ui() -> None:
+    """The photo uploader, outside the drawing fragment (uploading reruns the page, which is rare);
+    the fragment reads the photo from its state and shows the prediction, or why it can't."""
     st.file_uploader("Or upload a photo of a digit (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="draw_photo",
                      help="Dark ink on paper or white on black; it is cropped, scaled and centred like a drawing. "
                           "Removing it reads the canvas again.")
-    if error:
-        st.error(error, icon=":material/error:")
-
-
-def has_input() -> bool:
-    """Whether this run has something to read: a drawing the canvas sent, or an uploaded photo."""
-    try:
-        drawn = st.session_state.get("canvas")["drawing"]["data"] is not None
-    except (KeyError, TypeError):
-        drawn = False
-    return drawn or st.session_state.get("draw_photo") is not None
 
 
 def metrics_ui(out: dict | None) -> None:
@@ -243,39 +245,38 @@ def steps_ui(out: dict | None) -> None:
 @st.fragment
 def drawing_ui(path: str | None) -> None:
     """Everything a stroke changes, and nothing else: a stroke reruns this function only.
-    Prediction above the canvas, the rest beside it (desktop) or under it (phone, where columns
-    stack): drawing and reading the answer need no scrolling on a 390x844 screen."""
-    left, right = st.columns([1, 1.3], gap="medium")
-    with left:
-        head = st.empty()
-        early = not has_input()
-        if early:  # nothing to read: the blank metrics now, so a cold server shows the canvas at once
-            with head.container():
-                metrics_ui(None)
-        rgba = canvas_ui()
-    predictor = load_model(path) if path else None
+    The Prediction comes first (above the canvas, its first message), then the canvas with the
+    details beside it (desktop) or under it (phone, where columns stack): drawing and reading the
+    answer need no scrolling on a 390x844 screen. The canvas never moves between strokes."""
+    rgba = drawn_image()
+    photo = st.session_state.get("draw_photo")
+    # onnxruntime only when there is something to read: a cold server's first visitor sees the
+    # canvas before the model has loaded (it loads below, after the canvas).
+    predictor = load_model(path) if path and (rgba is not None or photo is not None) else None
     out, photo_error = read_photo(predictor)
-    photo = st.session_state.get("draw_photo") if out is not None else None
     if out is None and predictor is not None and rgba is not None:
         try:
             out = predict_canvas(predictor, rgba)
         except ValueError as e:  # a malformed canvas image: say so instead of failing the page
             st.error(f"Could not read the canvas: {public_error(e)}")
+    metrics_ui(out)
     if out is not None and not out["blank"]:
         st.session_state["last_drawing"] = out["pre"].image  # float32 [28,28]: Insights explains this drawing
-    if not early:
-        with head.container():
-            metrics_ui(out)
+    left, right = st.columns([1, 1.3], gap="medium")
+    with left:
+        canvas_ui()
+    if predictor is None and path:
+        predictor = load_model(path)  # says so now if the chosen model is unusable
     with right:
+        if photo_error:
+            st.error(photo_error, icon=":material/error:")
         if predictor is not None:
-            details_ui(out, predictor, photo.name if photo is not None else None)
+            details_ui(out, predictor, photo.name if photo is not None and out is not None else None)
             save_ui(out)
     st.caption("White ink on black, like MNIST. The toolbar above the canvas (it shows when you touch or "
                "hover the canvas) undoes, redoes and clears (the bin). The model reads your digit every time "
                "you lift the pen.")
     steps_ui(out)
-    photo_ui(photo_error)
-    _touch_toolbar()(key="touch_toolbar")  # draws nothing; last, so it adds no gap near the canvas
 
 
 def samples_ui() -> None:
@@ -323,5 +324,7 @@ if model_path is None:
                "export it on the Export page, and it appears here.", icon=":material/warning:")
     page_link("app_pages/train.py", "Train a model")
 drawing_ui(model_path)
+photo_ui()
 st.divider()
 samples_ui()
+_touch_toolbar()(key="touch_toolbar")  # draws nothing; outside the fragment: strokes don't resend it
