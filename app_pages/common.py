@@ -17,6 +17,7 @@ import streamlit as st
 
 import core
 from core.catalog import KINDS, ModelEntry, model_catalog
+from core.data import SourceInfo
 from core.executor import JobHandle, get_executor
 from core.workspace import RunRecord, Workspace
 
@@ -157,8 +158,14 @@ def data_missing_ui(detail: str = "") -> None:
 
 
 def data_source_label(data) -> str:
-    """Where the digits came from, in words and without file-system paths (the app is public)."""
-    sizes = f"{len(data.train_labels):,} train + {len(data.test_labels):,} test"
+    """Where the digits came from, in words and without file-system paths (the app is public).
+    data: the loaded core.MNISTData, or the core.data.SourceInfo that torch-free pages (Home) get."""
+    if isinstance(data, SourceInfo):
+        if data.source == "download":
+            return "official MNIST, downloaded by torchvision when a page first needs it"
+        sizes = f"{data.train:,} train + {data.test:,} test"
+    else:
+        sizes = f"{len(data.train_labels):,} train + {len(data.test_labels):,} test"
     return {"dir": f"official MNIST files from MNIST_DIR ({sizes})",
             "data": f"official MNIST files in data/ ({sizes})",
             "download": f"official MNIST, downloaded by torchvision ({sizes})",

