@@ -12,6 +12,7 @@ import streamlit as st
 
 import core
 from core.evaluate import evaluate
+from core.inference import read_card
 from core.insights import confusion_cell, confusion_rows
 from app_pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, page_header,
                           public_error, runs, shipped_models, sidebar_status, visitor_exports)
@@ -195,6 +196,20 @@ def reliability_ui(report: dict) -> None:
     st.altair_chart(counts, width="stretch")
 
 
+def calibration_ui(card: dict | None) -> None:
+    """ECE before and after temperature scaling, from an ONNX model's card (nothing for runs or
+    uncalibrated exports)."""
+    c = (card or {}).get("calibration")
+    if not c:
+        return
+    st.markdown(f"**Calibrated** by temperature scaling: T = {c['temperature']:.3f}, fitted on {c['fitted_on']}. "
+                "Dividing every logit by one T never changes an answer, only the confidence.")
+    cols = st.columns(2)
+    cols[0].metric("ECE before", f"{100 * c['ece_before']:.2f}%", help="The same weights without the temperature.")
+    cols[1].metric("ECE after", f"{100 * c['ece_after']:.2f}%", delta=f"{100 * (c['ece_after'] - c['ece_before']):+.2f} pts",
+                   delta_color="inverse", help=f"Measured on the {c.get('measured_on', 'test set')}.")
+
+
 # ------------------------------------------------------------------ page
 
 page_header("Evaluate", "How good is a model, where does it fail, and can you trust its confidence? "
@@ -226,4 +241,5 @@ else:
             per_class_ui(report)
         with right:
             reliability_ui(report)
+            calibration_ui(read_card(choice["path"]) if choice["kind"] == "onnx" else None)
         mistakes_ui(report, data)

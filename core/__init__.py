@@ -32,7 +32,10 @@ _API = {
     # evaluate.py
     "predict": "evaluate", "evaluate": "evaluate", "TorchPredictor": "evaluate",
     # export.py
-    "export_onnx": "export", "list_exported": "export", "ExportError": "export",
+    "export_onnx": "export", "list_exported": "export", "ExportError": "export", "load_source": "export",
+    # calibration.py
+    "fit_temperature": "calibration", "fold_temperature": "calibration", "calibrate": "calibration",
+    "CalibrationError": "calibration",
     # inference.py
     "load_predictor": "inference", "OnnxPredictor": "inference", "ModelError": "inference",
     "choose_providers": "inference", "predict_canvas": "inference", "predict_image": "inference",

@@ -123,18 +123,25 @@ def cmd_bench(args) -> dict:
 
 
 def cmd_export(args) -> dict:
-    from .checkpoint import load_checkpoint
-    from .export import export_onnx
+    from .export import export_onnx, load_source
     from .inference import EXPORT_DIR
 
-    ckpt = load_checkpoint(args.checkpoint, "cpu")
+    ckpt = load_source(args.checkpoint)
     # Default name comes from the run folder, so exporting a run never replaces a shipped model.
-    run_name = ckpt.path.parent.name if ckpt.path is not None else ckpt.model_config.name
+    run_name = ckpt.model_config.name if ckpt.path is None else \
+        ckpt.path.stem if ckpt.path.suffix == ".onnx" else ckpt.path.parent.name
     out = Path(args.out) if args.out else EXPORT_DIR / f"{run_name}.onnx"
     print(f"exporting {ckpt.model_config.name} from {ckpt.path} ...", flush=True)
-    card = export_onnx(ckpt, out, data=args.data, fp16=args.fp16, int8=args.int8)
+    card = export_onnx(ckpt, out, data=args.data, fp16=args.fp16, int8=args.int8, calibrate=args.calibrate)
     p, lat = card["parity"], card["latency"]
     print(f"data: {card['data']['description']}")
+    c = card.get("calibration")
+    if c:
+        print(f"calibration: temperature {c['temperature']:.4f} fitted on {c['fitted_on']}; test ECE "
+              f"{100 * c['ece_before']:.2f}% -> {100 * c['ece_after']:.2f}%, NLL {c['nll_before']:.4f} -> "
+              f"{c['nll_after']:.4f} (answers unchanged)")
+    else:
+        print(f"calibration: off (--no-calibrate); test ECE {100 * card['ece']:.2f}%, NLL {card['nll']:.4f}")
     print(f"parity vs torch on {p['n']:,} test digits: max |dlogit| {p['max_abs_dlogit']:.2e} "
           f"(bar <= {p['tolerance']:g}), argmax identical on {p['argmax_agree']:,}/{p['n']:,} -> PASS")
     print(f"test accuracy through onnxruntime: {100 * card['accuracy']:.2f}% on {card['data']['test_size']:,} digits")
@@ -142,6 +149,7 @@ def cmd_export(args) -> dict:
           f"{lat['single_p50_ms']:.3f} ms on {lat['provider']}")
     for v in card["variants"]:
         print(f"  {v['variant']}: {v['file']} {v['size_bytes'] / 1024:.0f} KB, accuracy {100 * v['accuracy']:.2f}%, "
+              f"ECE {100 * v['ece']:.2f}%, "
               f"p50 {v['latency']['single_p50_ms']:.3f} ms ({v['speedup_vs_fp32']:.2f}x fp32), "
               f"argmax agrees with fp32 on {v['vs_fp32']['argmax_agree']:,}/{v['vs_fp32']['n']:,}")
     print(f"wrote {out} and {out.with_suffix('.json')}")
@@ -314,7 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX, parity-checked, with a model card")
-    x.add_argument("checkpoint", help="run folder or model.safetensors")
+    x.add_argument("checkpoint", help="run folder or model.safetensors, or an .onnx this project exported "
+                                      "(its weights are rebuilt from the file and its card)")
+    x.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit a temperature on the run's validation split and fold it into the graph, so "
+                        "probabilities are calibrated (default: on; answers never change)")
     x.add_argument("--out", help="output .onnx (default exported/mnist-MODEL.onnx); the card goes next to it")
     x.add_argument("--fp16", action="store_true", help="also write NAME-fp16.onnx")
     x.add_argument("--int8", action="store_true", help="also write NAME-int8.onnx (static quantization)")
