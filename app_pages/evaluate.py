@@ -210,6 +210,39 @@ def calibration_ui(card: dict | None) -> None:
                    delta_color="inverse", help=f"Measured on the {c.get('measured_on', 'test set')}.")
 
 
+def robustness_ui(choice: dict, data) -> None:
+    """Accuracy per distortion (core.robustness) through the Draw page's canvas path, on demand:
+    it costs seconds, so it runs when asked and the table stays for this model until it changes."""
+    from core.robustness import DISTORTIONS, RobustnessConfig, robustness
+
+    st.subheader("Robustness to the way people draw")
+    st.caption("Test digits drawn on a 280×280 canvas and read exactly as the Draw page reads a drawing, "
+               "after each distortion: " + "; ".join(f"**{k}**: {v}" for k, v in DISTORTIONS.items() if k != "clean")
+               + ". Fixed seed, so reruns give the same table.")
+    digits = st.number_input("Test digits per distortion", 100, 10_000, 1000, step=100, key="robust_digits")
+    key = (choice["path"], Path(choice["path"]).stat().st_mtime, data.description, int(digits))
+    if st.button("Run the robustness suite", key="robust_run", icon=":material/shield:"):
+        if choice["kind"] == "onnx":
+            model = get_predictor(choice["path"])
+        else:
+            device = core.resolve_device("auto")
+            model = core.TorchPredictor(core.load_checkpoint(choice["path"], device).model, device)
+        bar = st.progress(0.0, text="Drawing and reading distorted digits…")
+        rep = robustness(model, data.test_images, data.test_labels, RobustnessConfig(digits=int(digits)),
+                         progress=lambda done, total, name: bar.progress(done / total, text=f"{name} done"))
+        bar.empty()
+        st.session_state["robust_report"] = (key, rep)
+    saved = st.session_state.get("robust_report")
+    if not saved or saved[0] != key:
+        return
+    rep = saved[1]
+    clean = rep["accuracy"].get("clean", 0.0)
+    st.dataframe(pd.DataFrame([{"Distortion": r["distortion"], "Accuracy": f"{100 * r['accuracy']:.1f}%",
+                                "vs clean": "" if r["distortion"] == "clean" else
+                                f"{100 * (r['accuracy'] - clean):+.1f} pts",
+                                "What": r["description"]} for r in rep["rows"]]), hide_index=True, width="stretch")
+
+
 # ------------------------------------------------------------------ page
 
 page_header("Evaluate", "How good is a model, where does it fail, and can you trust its confidence? "
@@ -243,3 +276,4 @@ else:
             reliability_ui(report)
             calibration_ui(read_card(choice["path"]) if choice["kind"] == "onnx" else None)
         mistakes_ui(report, data)
+        robustness_ui(choice, data)

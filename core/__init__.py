@@ -12,6 +12,8 @@ _API = {
     "read_idx": "data", "split_validation": "data", "validation_size": "data", "to_float": "data",
     # augment.py
     "AugmentConfig": "augment", "augment": "augment",
+    # robustness.py
+    "robustness": "robustness", "RobustnessConfig": "robustness", "DISTORTIONS": "robustness",
     # device.py
     "resolve_device": "device", "DeviceError": "device", "device_name": "device", "cuda_available": "device",
     # models.py
@@ -33,6 +35,7 @@ _API = {
     "predict": "evaluate", "evaluate": "evaluate", "TorchPredictor": "evaluate",
     # export.py
     "export_onnx": "export", "list_exported": "export", "ExportError": "export", "load_source": "export",
+    "write_triton": "export", "triton_config": "export",
     # calibration.py
     "fit_temperature": "calibration", "fold_temperature": "calibration", "calibrate": "calibration",
     "CalibrationError": "calibration",
