@@ -401,3 +401,65 @@ def list_exported(folder: str | os.PathLike | None = None) -> list[dict]:
     order = {"fp32": 0, "fp16": 1, "int8": 2}  # each base model first, then its variants
     cards.sort(key=lambda c: (Path(c.get("base_model") or c["file"]).stem, order.get(c.get("variant"), 3), c["name"]))
     return cards
+
+
+# ------------------------------------------------------------------ Triton
+
+TRITON_MAX_BATCH = 256  # requests Triton's dynamic batcher may merge; the graph's batch is dynamic
+_TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 7: "TYPE_INT64"}
+
+
+def _io(value_info) -> tuple[str, str, list]:
+    """(name, Triton data type, dims as ints or None for a symbolic dim) of one graph input/output."""
+    t = value_info.type.tensor_type
+    if t.elem_type not in _TRITON_TYPES:
+        raise ExportError(f"{value_info.name}: ONNX element type {t.elem_type} has no Triton data type here")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return value_info.name, _TRITON_TYPES[t.elem_type], dims
+
+
+def triton_config(proto, name: str, max_batch_size: int = TRITON_MAX_BATCH) -> str:
+    """config.pbtxt text for an ONNX model with a dynamic batch dimension, for Triton's
+    onnxruntime backend. With max_batch_size > 0, Triton's dims leave out the batch dimension."""
+    if not 0 < max_batch_size <= 1 << 20:
+        raise ExportError(f"max_batch_size must be in [1, {1 << 20}], got {max_batch_size}")
+    blocks = {}
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        inits = {i.name for i in proto.graph.initializer}
+        entries = []
+        for v in values:
+            if v.name in inits:
+                continue  # old exporters list initializers as inputs
+            vname, dtype, dims = _io(v)
+            if not dims or dims[0] is not None or any(d is None for d in dims[1:]):
+                raise ExportError(f"{vname}: Triton batching needs a dynamic first (batch) dimension and fixed "
+                                  f"other dimensions; the graph has {['N' if d is None else d for d in dims]}")
+            entries.append(f'  {{\n    name: "{vname}"\n    data_type: {dtype}\n'
+                           f'    dims: [ {", ".join(str(d) for d in dims[1:])} ]\n  }}')
+        blocks[kind] = ",\n".join(entries)
+    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nbackend: "onnxruntime"\n'
+            f"max_batch_size: {max_batch_size}\n"
+            f"input [\n{blocks['input']}\n]\noutput [\n{blocks['output']}\n]\n"
+            "# Merge single-image requests (a crowd drawing at once) into batches on the server.\n"
+            "dynamic_batching { }\n")
+
+
+def write_triton(onnx_path: str | os.PathLike, repository: str | os.PathLike, name: str | None = None,
+                 max_batch_size: int = TRITON_MAX_BATCH) -> Path:
+    """Add an exported model to a Triton model repository: repository/<name>/config.pbtxt and
+    repository/<name>/1/model.onnx (the same bytes, so Triton serves the calibrated graph the app
+    uses). name defaults to the file's stem. Returns the model's folder."""
+    import onnx
+
+    from .names import safe_name
+
+    src = Path(onnx_path)
+    blob = src.read_bytes()
+    proto = onnx.load_from_string(blob)
+    name = safe_name(name or src.stem)
+    folder = Path(repository) / name
+    text = triton_config(proto, name, max_batch_size)
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    _write_bytes(folder / "1" / "model.onnx", blob)
+    atomic_write_text(folder / "config.pbtxt", text)
+    return folder
