@@ -11,6 +11,7 @@ import streamlit as st
 
 import core
 from core.evaluate import evaluate
+from core.inference import read_card
 from core.insights import confusion_cell, confusion_rows
 from app_pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, models,
                           page_header, public_error, sidebar_status)
@@ -176,6 +177,53 @@ def reliability_ui(report: dict) -> None:
     st.altair_chart(counts, width="stretch")
 
 
+def calibration_ui(card: dict | None) -> None:
+    """ECE before and after temperature scaling, from an ONNX model's card (nothing for runs or
+    uncalibrated exports)."""
+    c = (card or {}).get("calibration")
+    if not c:
+        return
+    st.markdown(f"**Calibrated** by temperature scaling: T = {c['temperature']:.3f}, fitted on {c['fitted_on']}. "
+                "Dividing every logit by one T never changes an answer, only the confidence.")
+    cols = st.columns(2)
+    cols[0].metric("ECE before", f"{100 * c['ece_before']:.2f}%", help="The same weights without the temperature.")
+    cols[1].metric("ECE after", f"{100 * c['ece_after']:.2f}%", delta=f"{100 * (c['ece_after'] - c['ece_before']):+.2f} pts",
+                   delta_color="inverse", help=f"Measured on the {c.get('measured_on', 'test set')}.")
+
+
+def robustness_ui(choice: dict, data) -> None:
+    """Accuracy per distortion (core.robustness) through the Draw page's canvas path, on demand:
+    it costs seconds, so it runs when asked and the table stays for this model until it changes."""
+    from core.robustness import DISTORTIONS, RobustnessConfig, robustness
+
+    st.subheader("Robustness to the way people draw")
+    st.caption("Test digits drawn on a 280×280 canvas and read exactly as the Draw page reads a drawing, "
+               "after each distortion: " + "; ".join(f"**{k}**: {v}" for k, v in DISTORTIONS.items() if k != "clean")
+               + ". Fixed seed, so reruns give the same table.")
+    digits = st.number_input("Test digits per distortion", 100, 10_000, 1000, step=100, key="robust_digits")
+    key = (choice["path"], Path(choice["path"]).stat().st_mtime, data.description, int(digits))
+    if st.button("Run the robustness suite", key="robust_run", icon=":material/shield:"):
+        if choice["kind"] == "onnx":
+            model = get_predictor(choice["path"])
+        else:
+            device = core.resolve_device("auto")
+            model = core.TorchPredictor(core.load_checkpoint(choice["path"], device).model, device)
+        bar = st.progress(0.0, text="Drawing and reading distorted digits…")
+        rep = robustness(model, data.test_images, data.test_labels, RobustnessConfig(digits=int(digits)),
+                         progress=lambda done, total, name: bar.progress(done / total, text=f"{name} done"))
+        bar.empty()
+        st.session_state["robust_report"] = (key, rep)
+    saved = st.session_state.get("robust_report")
+    if not saved or saved[0] != key:
+        return
+    rep = saved[1]
+    clean = rep["accuracy"].get("clean", 0.0)
+    st.dataframe(pd.DataFrame([{"Distortion": r["distortion"], "Accuracy": f"{100 * r['accuracy']:.1f}%",
+                                "vs clean": "" if r["distortion"] == "clean" else
+                                f"{100 * (r['accuracy'] - clean):+.1f} pts",
+                                "What": r["description"]} for r in rep["rows"]]), hide_index=True, width="stretch")
+
+
 # ------------------------------------------------------------------ page
 
 page_header("Evaluate", "How good is a model, where does it fail, and can you trust its confidence? "
@@ -208,4 +256,6 @@ else:
             per_class_ui(report)
         with right:
             reliability_ui(report)
+            calibration_ui(read_card(choice["path"]) if choice["kind"] == "onnx" else None)
         mistakes_ui(report, data)
+        robustness_ui(choice, data)

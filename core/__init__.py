@@ -12,6 +12,8 @@ _API = {
     "read_idx": "data", "split_validation": "data", "validation_size": "data", "to_float": "data",
     # augment.py
     "AugmentConfig": "augment", "augment": "augment",
+    # robustness.py
+    "robustness": "robustness", "RobustnessConfig": "robustness", "DISTORTIONS": "robustness",
     # device.py
     "resolve_device": "device", "DeviceError": "device", "device_name": "device", "cuda_available": "device",
     # models.py
@@ -32,7 +34,11 @@ _API = {
     # evaluate.py
     "predict": "evaluate", "evaluate": "evaluate", "TorchPredictor": "evaluate",
     # export.py
-    "export_onnx": "export", "list_exported": "export", "ExportError": "export",
+    "export_onnx": "export", "list_exported": "export", "ExportError": "export", "load_source": "export",
+    "write_triton": "export", "triton_config": "export",
+    # calibration.py
+    "fit_temperature": "calibration", "fold_temperature": "calibration", "calibrate": "calibration",
+    "CalibrationError": "calibration",
     # inference.py
     "load_predictor": "inference", "OnnxPredictor": "inference", "ModelError": "inference",
     "choose_providers": "inference", "predict_canvas": "inference", "predict_image": "inference",

@@ -39,8 +39,9 @@ def _torchvision_layout(data_dir, tmp: Path) -> Path:
 
 
 def seeds_recipe(root: Path, emit=lambda *_: None) -> dict:
-    """The seeds' recipe as written: torchvision MNIST, PIL transforms, DataLoader(batch 64,
-    2 workers), the classic CNN, Adam 1e-3, one epoch over all 60,000 digits."""
+    """pytorch/examples' MNIST CNN recipe as written: torchvision MNIST, PIL transforms,
+    DataLoader(batch 64, 2 workers), its CNN (our `classic`), Adam 1e-3, one epoch over all
+    60,000 digits."""
     from torchvision import datasets, transforms
 
     from .device import configure_cpu
@@ -66,7 +67,7 @@ def seeds_recipe(root: Path, emit=lambda *_: None) -> dict:
         loss.backward()
         opt.step()
         if i % 200 == 0:
-            emit(f"  seeds' recipe: step {i}/{len(loader)} loss {loss.item():.3f}")
+            emit(f"  pytorch/examples' MNIST CNN: step {i}/{len(loader)} loss {loss.item():.3f}")
     seconds = time.perf_counter() - t0
     x_test = torch.stack([test_set[i][0] for i in range(len(test_set))])
     y_test = test_set.targets.clone()
@@ -75,29 +76,47 @@ def seeds_recipe(root: Path, emit=lambda *_: None) -> dict:
     return {"train_seconds": seconds, "test_acc": acc}
 
 
-def bench_train(data_dir=None, emit=print, fast_epochs: int = 1) -> dict:
-    """seeds' recipe vs `train --model fast --epochs 1`, same machine, same run."""
+TIME_BAR = 1 / 8  # `fast` must train in at most this fraction of the reference's time...
+ACC_BAR = 0.99  # ...and every one of its runs must reach this test accuracy
+
+
+def bench_train(data_dir=None, emit=print, fast_epochs: int = 1, fast_runs: int = 3) -> dict:
+    """pytorch/examples' MNIST CNN recipe vs `train --model fast --epochs 1`, same machine, same run.
+
+    `fast` runs fast_runs times (seeds 0, 1, ...); its median time is compared with the reference,
+    so one run slowed by another job on a shared machine does not decide the result, and every run
+    must reach ACC_BAR on the full test set."""
     from .data import load_mnist
     from .train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = _torchvision_layout(data_dir, Path(tmp))
-        emit("1/2 seeds' recipe (classic, Adam 1e-3, DataLoader batch 64 x 2 workers, 1 epoch)...")
+        emit("1/2 pytorch/examples' MNIST CNN (Adam 1e-3, DataLoader batch 64 x 2 workers, 1 epoch)...")
         ref = seeds_recipe(root, emit)
     emit(f"    {ref['train_seconds']:.1f}s, test accuracy {100 * ref['test_acc']:.2f}%")
-    emit(f"2/2 core fast model, {fast_epochs} epoch...")
     data = load_mnist(data_dir)
-    done = {}
-    for ev in train(TrainConfig.preset("fast", epochs=fast_epochs), data):
-        if ev["event"] == "done":
-            done = ev
-    ratio = ref["train_seconds"] / done["train_seconds"]
-    emit(f"    {done['train_seconds']:.1f}s, test accuracy {100 * done['test_acc']:.2f}% on {done['device']}")
-    emit(f"speed-up: {ratio:.1f}x (bar: >= 6x at >= 99.0% test accuracy) -> "
-         f"{'PASS' if ratio >= 6 and done['test_acc'] >= 0.99 else 'FAIL'}")
-    return {"reference_seconds": ref["train_seconds"], "reference_test_acc": 100 * ref["test_acc"],
-            "fast_seconds": done["train_seconds"], "fast_test_acc": 100 * done["test_acc"],
-            "speedup": ratio, "device": done["device"]}
+    runs = []
+    for seed in range(fast_runs):
+        emit(f"2/2 core fast model, {fast_epochs} epoch, run {seed + 1}/{fast_runs} (seed {seed})...")
+        done = {}
+        for ev in train(TrainConfig.preset("fast", epochs=fast_epochs, seed=seed), data):
+            if ev["event"] == "done":
+                done = ev
+        runs.append({"seed": seed, "train_seconds": done["train_seconds"], "test_acc": done["test_acc"]})
+        emit(f"    {done['train_seconds']:.1f}s, test accuracy {100 * done['test_acc']:.2f}% on {done['device']}")
+    median = float(np.median([r["train_seconds"] for r in runs]))
+    min_acc = min(r["test_acc"] for r in runs)
+    ratio = median / ref["train_seconds"]
+    passed = ratio <= TIME_BAR and min_acc >= ACC_BAR
+    emit(f"fast median {median:.1f}s / reference {ref['train_seconds']:.1f}s = {ratio:.3f} of its time "
+         f"({1 / ratio:.1f}x faster; bar: <= 1/8 = {TIME_BAR:.3f}); lowest fast test accuracy "
+         f"{100 * min_acc:.2f}% (bar: >= {100 * ACC_BAR:.1f}%) -> {'PASS' if passed else 'FAIL'}")
+    return {"reference": "pytorch/examples' MNIST CNN", "reference_seconds": ref["train_seconds"],
+            "reference_test_acc": 100 * ref["test_acc"], "fast_runs": [
+                {**r, "test_acc": 100 * r["test_acc"]} for r in runs],
+            "fast_seconds": median, "fast_test_acc": 100 * float(np.median([r["test_acc"] for r in runs])),
+            "fast_min_test_acc": 100 * min_acc, "time_ratio": ratio, "speedup": 1 / ratio,
+            "passed": passed, "device": done["device"]}
 
 
 # ------------------------------------------------------------------ inference

@@ -57,7 +57,8 @@ def cmd_train(args) -> dict:
 
     cfg = TrainConfig.preset(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, device=args.device, max_steps=args.max_steps,
-                             augment=args.augment, optimizer=args.optimizer)
+                             augment=args.augment, optimizer=args.optimizer,
+                             drawing_augment=True if args.drawing_augment else None)
     cfg.validate()
     data = load_mnist(args.data)
     if args.epochs is None:  # the preset, or more on a small dataset (the offline sample)
@@ -92,25 +93,57 @@ def cmd_train(args) -> dict:
             "steps": result.get("step"), "data_source": data.source}
 
 
-def cmd_evaluate(args) -> dict:
+def _evaluation_model(path: str, device_choice: str):
+    """(predictor, name) for a run folder / model.safetensors (PyTorch) or an .onnx (onnxruntime)."""
+    if Path(path).suffix == ".onnx":
+        from .inference import load_predictor
+
+        pred = load_predictor(path, prefer_gpu=device_choice != "cpu")
+        return pred, pred.name
     from .checkpoint import load_checkpoint
-    from .data import load_mnist
     from .device import resolve_device
+    from .evaluate import TorchPredictor
+
+    device = resolve_device(device_choice)
+    ckpt = load_checkpoint(path, device)
+    return TorchPredictor(ckpt.model, device), ckpt.model_config.name
+
+
+def cmd_evaluate(args) -> dict:
+    from .data import load_mnist
     from .evaluate import evaluate
 
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device)
+    if args.digits is not None and not args.robustness:
+        raise CLIError("--digits only applies with --robustness")
+    model, name = _evaluation_model(args.checkpoint, args.device)
     data = load_mnist(args.data)
     print(f"data: {data.description}", flush=True)
-    rep = evaluate(ckpt.model, data.test_images, data.test_labels, device)
-    print(f"{ckpt.model_config.name}: test accuracy {100 * rep['accuracy']:.2f}% on {rep['n']:,} digits, "
+    if args.robustness:
+        return _robustness(model, name, data, args)
+    rep = evaluate(model, data.test_images, data.test_labels)
+    print(f"{name}: test accuracy {100 * rep['accuracy']:.2f}% on {rep['n']:,} digits, "
           f"ECE {rep['ece']:.4f}, {len(rep['mistakes'])} most-confident mistakes listed")
     print("digit precision recall  f1     support")
     for r in rep["per_class"]:
         print(f"{r['digit']:>5} {r['precision']:.4f}    {r['recall']:.4f} {r['f1']:.4f} {r['support']:>7}")
-    return {"model": ckpt.model_config.name, "test_acc": 100 * rep["accuracy"], "n": rep["n"],
+    return {"model": name, "test_acc": 100 * rep["accuracy"], "n": rep["n"],
             "ece": rep["ece"], "nll": rep["nll"], "per_class": rep["per_class"], "confusion": rep["confusion"],
             "data_source": data.source}
+
+
+def _robustness(model, name: str, data, args) -> dict:
+    from .robustness import RobustnessConfig, robustness
+
+    cfg = RobustnessConfig(digits=1000 if args.digits is None else args.digits, seed=args.seed)
+    print(f"{name}: robustness on {min(cfg.digits, len(data.test_labels)):,} test digits (seed {cfg.seed}), "
+          "each drawn on a 280x280 canvas and read through the Draw page's preprocessing", flush=True)
+    rep = robustness(model, data.test_images, data.test_labels, cfg)
+    clean = rep["accuracy"].get("clean")
+    print(f"{'distortion':<13}{'accuracy':>9}{'vs clean':>10}{'blank':>7}  what")
+    for r in rep["rows"]:
+        gap = "" if clean is None or r["distortion"] == "clean" else f"{100 * (r['accuracy'] - clean):+.1f}"
+        print(f"{r['distortion']:<13}{100 * r['accuracy']:>8.1f}%{gap:>10}{r['blank']:>7}  {r['description']}")
+    return {"model": name, "robustness": rep, "data_source": data.source}
 
 
 def cmd_bench(args) -> dict:
@@ -123,18 +156,25 @@ def cmd_bench(args) -> dict:
 
 
 def cmd_export(args) -> dict:
-    from .checkpoint import load_checkpoint
-    from .export import export_onnx
+    from .export import export_onnx, load_source
     from .inference import EXPORT_DIR
 
-    ckpt = load_checkpoint(args.checkpoint, "cpu")
+    ckpt = load_source(args.checkpoint)
     # Default name comes from the run folder, so exporting a run never replaces a shipped model.
-    run_name = ckpt.path.parent.name if ckpt.path is not None else ckpt.model_config.name
+    run_name = ckpt.model_config.name if ckpt.path is None else \
+        ckpt.path.stem if ckpt.path.suffix == ".onnx" else ckpt.path.parent.name
     out = Path(args.out) if args.out else EXPORT_DIR / f"{run_name}.onnx"
     print(f"exporting {ckpt.model_config.name} from {ckpt.path} ...", flush=True)
-    card = export_onnx(ckpt, out, data=args.data, fp16=args.fp16, int8=args.int8)
+    card = export_onnx(ckpt, out, data=args.data, fp16=args.fp16, int8=args.int8, calibrate=args.calibrate)
     p, lat = card["parity"], card["latency"]
     print(f"data: {card['data']['description']}")
+    c = card.get("calibration")
+    if c:
+        print(f"calibration: temperature {c['temperature']:.4f} fitted on {c['fitted_on']}; test ECE "
+              f"{100 * c['ece_before']:.2f}% -> {100 * c['ece_after']:.2f}%, NLL {c['nll_before']:.4f} -> "
+              f"{c['nll_after']:.4f} (answers unchanged)")
+    else:
+        print(f"calibration: off (--no-calibrate); test ECE {100 * card['ece']:.2f}%, NLL {card['nll']:.4f}")
     print(f"parity vs torch on {p['n']:,} test digits: max |dlogit| {p['max_abs_dlogit']:.2e} "
           f"(bar <= {p['tolerance']:g}), argmax identical on {p['argmax_agree']:,}/{p['n']:,} -> PASS")
     print(f"test accuracy through onnxruntime: {100 * card['accuracy']:.2f}% on {card['data']['test_size']:,} digits")
@@ -142,9 +182,18 @@ def cmd_export(args) -> dict:
           f"{lat['single_p50_ms']:.3f} ms on {lat['provider']}")
     for v in card["variants"]:
         print(f"  {v['variant']}: {v['file']} {v['size_bytes'] / 1024:.0f} KB, accuracy {100 * v['accuracy']:.2f}%, "
+              f"ECE {100 * v['ece']:.2f}%, "
               f"p50 {v['latency']['single_p50_ms']:.3f} ms ({v['speedup_vs_fp32']:.2f}x fp32), "
               f"argmax agrees with fp32 on {v['vs_fp32']['argmax_agree']:,}/{v['vs_fp32']['n']:,}")
     print(f"wrote {out} and {out.with_suffix('.json')}")
+    if args.triton:
+        from .export import write_triton
+
+        card = {**card, "triton": []}
+        for path in [out] + [out.with_name(v["file"]) for v in card["variants"]]:
+            folder = write_triton(path, args.triton)
+            card["triton"].append(str(folder))
+            print(f"triton: {folder / 'config.pbtxt'} and {folder / '1' / 'model.onnx'}")
     return card
 
 
@@ -300,13 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--drawing-augment", action="store_true",
+                   help="with augmentation, also elastic warps, blur/low resolution and marker/hairline strokes "
+                        "(the distortions `evaluate --robustness` measures)")
     t.add_argument("--seed", type=int)
     t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests, demos)")
     t.add_argument("--out", help="run folder (default runs/MODEL-TIMESTAMP)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="test-set report for a checkpoint")
-    e.add_argument("checkpoint", help="run folder or model.safetensors")
+    e.add_argument("checkpoint", help="run folder, model.safetensors or .onnx")
+    e.add_argument("--robustness", action="store_true",
+                   help="accuracy per distortion (elastic, rotation, tremor, stroke width, blur, placement), "
+                        "each digit drawn on a canvas and read through the Draw page's path")
+    e.add_argument("--digits", type=int, help="test digits per distortion with --robustness (default 1000)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the digits and distortions (default 0)")
     e.set_defaults(fn=cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios against a same-run reference")
@@ -314,10 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX, parity-checked, with a model card")
-    x.add_argument("checkpoint", help="run folder or model.safetensors")
+    x.add_argument("checkpoint", help="run folder or model.safetensors, or an .onnx this project exported "
+                                      "(its weights are rebuilt from the file and its card)")
+    x.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit a temperature on the run's validation split and fold it into the graph, so "
+                        "probabilities are calibrated (default: on; answers never change)")
     x.add_argument("--out", help="output .onnx (default exported/mnist-MODEL.onnx); the card goes next to it")
     x.add_argument("--fp16", action="store_true", help="also write NAME-fp16.onnx")
     x.add_argument("--int8", action="store_true", help="also write NAME-int8.onnx (static quantization)")
+    x.add_argument("--triton", metavar="DIR", help="also add the model(s) to the Triton model repository DIR: "
+                                                   "DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx")
     x.add_argument("--data", help="folder with the MNIST IDX files (else $MNIST_DIR, data/, download, sample)")
     x.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     x.set_defaults(fn=cmd_export)

@@ -28,8 +28,10 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint
 from .files import atomic_write, atomic_write_text
 from .data import PROJECT_ROOT, MNISTData, load_mnist
-from .evaluate import TorchPredictor
-from .inference import INPUT_NAME, OUTPUT_NAME, OnnxPredictor, cpu_threads, load_predictor
+from .calibration import CalibrationError, calibrate as calibrate_model, nll
+from .evaluate import TorchPredictor, expected_calibration_error
+from .inference import (INPUT_NAME, OUTPUT_NAME, OnnxPredictor, cpu_threads, load_predictor, read_card,
+                        softmax)
 from .models import count_parameters
 
 OPSET = 18
@@ -37,6 +39,7 @@ PARITY_TOL = 1e-4  # max |logit difference| allowed between torch and onnxruntim
 PARITY_MIN = 1000  # real test digits the parity check needs at least
 CARD_FORMAT = "mnist-lab-card/1"
 CALIBRATION_DIGITS = 512  # training digits for int8 calibration (never test digits)
+ECE_BINS = 15  # equal-width confidence bins, as in core.evaluate and the calibration literature
 
 
 class ExportError(ValueError):
@@ -152,6 +155,13 @@ def _float_images(images: torch.Tensor) -> np.ndarray:
     return (images.numpy().astype(np.float32) * np.float32(1 / 255))[:, None]
 
 
+def _quality(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Test ECE (ECE_BINS equal-width bins, core.evaluate's) and mean NLL of softmax(logits)."""
+    probs = softmax(logits)
+    ece, _ = expected_calibration_error(probs, labels, bins=ECE_BINS)
+    return {"ece": ece, "nll": nll(logits, labels)}
+
+
 def _parity(a: np.ndarray, b: np.ndarray, tol: float | None) -> dict:
     d = float(np.abs(a - b).max()) if len(a) else 0.0
     agree = int((a.argmax(1) == b.argmax(1)).sum())
@@ -196,6 +206,34 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray) -> None:
 
 # ------------------------------------------------------------------ export
 
+def load_source(path: str | os.PathLike) -> Checkpoint:
+    """What to export: a run folder or model.safetensors, or an .onnx file this project exported.
+
+    For an .onnx file the weights are rebuilt from its initializers and checked against
+    onnxruntime (core.insights.checkpoint_for), and its card supplies the training config (so
+    calibration finds the same validation split), the metrics and the original checkpoint's
+    name. That is how the shipped models, whose checkpoints are not in the repository, are
+    re-exported with calibration."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        return load_checkpoint(path, "cpu")
+    from .insights import InsightError, checkpoint_for
+
+    try:
+        ckpt = checkpoint_for(path, "cpu")
+    except InsightError as e:
+        raise ExportError(str(e)) from None
+    card = read_card(path) or {}
+    ckpt.train_config = dict(card.get("train_config") or {})
+    ckpt.metrics = {**(card.get("checkpoint_metrics") or {}), **ckpt.metrics,
+                    "trained_at": card.get("training_date"), "source_checkpoint": card.get("source_checkpoint"),
+                    "weights_rebuilt_from": f"{path.name} (ONNX initializers, sha256 {_sha256(path)[:16]}..., "
+                                            "checked against onnxruntime)"}
+    if (card.get("calibration") or {}).get("temperature"):
+        ckpt.metrics["temperature"] = card["calibration"]["temperature"]  # already folded into these weights
+    return ckpt
+
+
 def _load_data(data) -> MNISTData:
     if isinstance(data, MNISTData):
         return data
@@ -203,17 +241,21 @@ def _load_data(data) -> MNISTData:
 
 
 def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.PathLike, data=None,
-                fp16: bool = False, int8: bool = False) -> dict:
+                fp16: bool = False, int8: bool = False, calibrate: bool = False) -> dict:
     """Export, check, measure, and write out_path (+ the card as out_path.with_suffix(".json")).
 
-    checkpoint: a run folder, a model.safetensors, or a loaded Checkpoint.
+    checkpoint: a run folder, a model.safetensors, a loaded Checkpoint, or an .onnx file this
+    project exported (its weights are rebuilt from the initializers, see load_source).
     data: an MNISTData, a folder with the IDX files, or None (core.data.load_mnist's search).
+    calibrate: fit a temperature on the run's validation split and fold it into the graph
+    (core.calibration), so every consumer of `logits` gets calibrated probabilities; the card's
+    "calibration" records T and the test ECE/NLL before and after. The CLI turns it on by default.
     Returns the card. Raises ExportError (nothing is written) if parity fails.
     """
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
         raise ExportError(f"{out_path}: the output must be an .onnx file")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, "cpu")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_source(checkpoint)
     model = copy.deepcopy(ckpt.model).to("cpu").eval()  # the caller's model keeps its device and mode
     data = _load_data(data)
     if len(data.test_labels) < PARITY_MIN:
@@ -222,6 +264,16 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.P
     images = _float_images(data.test_images)  # [N,1,28,28] float32: the whole test split
     labels = data.test_labels.numpy()
 
+    raw_logits = TorchPredictor(model, "cpu").logits(images)
+    calibration = None
+    if calibrate:
+        if (ckpt.metrics or {}).get("temperature"):
+            raise ExportError(f"{Path(ckpt.path).name} is already calibrated (T = {ckpt.metrics['temperature']:.4g} "
+                              "is folded into its weights); export it with --no-calibrate")
+        try:
+            model, calibration = calibrate_model(model, data, ckpt.train_config)
+        except CalibrationError as e:
+            raise ExportError(str(e)) from None
     proto = to_onnx(model)
     _check(proto)
     blob = proto.SerializeToString()
@@ -229,7 +281,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.P
         ort_logits = _session_from_bytes(blob, out_path).logits(images)
     except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
         raise ExportError(f"onnxruntime cannot run the exported graph: {str(e).splitlines()[0][:300]}") from e
-    torch_logits = TorchPredictor(model, "cpu").logits(images)
+    torch_logits = TorchPredictor(model, "cpu").logits(images) if calibration else raw_logits
     parity = _parity(torch_logits, ort_logits, PARITY_TOL)
     if not parity["passed"]:
         raise ExportError(f"parity check failed on {parity['n']:,} test digits: max |dlogit| "
@@ -240,10 +292,18 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.P
     trained_at = metrics.get("trained_at") or time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(Path(ckpt.path).stat().st_mtime if ckpt.path else time.time()))
     name = out_path.stem
+    quality = _quality(ort_logits, labels)
+    if calibration is not None:
+        before = _quality(raw_logits, labels)
+        calibration.update(ece_before=before["ece"], ece_after=quality["ece"], nll_before=before["nll"],
+                           nll_after=quality["nll"], measured_on=f"test ({len(labels):,} digits, {ECE_BINS} "
+                                                                 "equal-width confidence bins)")
+    source = metrics.get("source_checkpoint") or (_rel(ckpt.path) if ckpt.path else "(in memory)")
     props = {
         "model_name": name, "architecture": ckpt.model_config.name,
         "test_accuracy": f"{accuracy:.4f}", "test_set": f"{len(labels)} digits ({data.source})",
-        "training_date": trained_at, "source_checkpoint": _rel(ckpt.path) if ckpt.path else "(in memory)",
+        "training_date": trained_at, "source_checkpoint": source,
+        "temperature": f"{calibration['temperature']:.6f}" if calibration else "1 (not calibrated)",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": "image: float32 [N,1,28,28] in [0,1], white ink on black (normalised inside)",
         "output": "logits: float32 [N,10], digits 0-9", "variant": "fp32", "format": "mnist-lab-onnx/1",
@@ -261,12 +321,14 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.P
         "opset": OPSET, "input": props["input"], "output": props["output"],
         "source_checkpoint": props["source_checkpoint"], "training_date": trained_at,
         "exported_at": props["exported_at"],
+        **({"weights_rebuilt_from": metrics["weights_rebuilt_from"]} if metrics.get("weights_rebuilt_from") else {}),
         "train_config": {k: ckpt.train_config.get(k) for k in ("epochs", "optimizer", "lr", "batch_size", "augment",
                                                               "label_smoothing", "seed") if k in ckpt.train_config},
         "checkpoint_metrics": {k: metrics[k] for k in ("test_acc", "val_acc", "epoch", "train_seconds", "device")
                                if k in metrics},
         "data": {"source": data.source, "description": data.description, "test_size": int(len(labels))},
         "accuracy": accuracy, "accuracy_torch": float((torch_logits.argmax(1) == labels).mean()),
+        "ece": quality["ece"], "nll": quality["nll"], "calibration": calibration,
         "parity": parity,
         "latency": latency(pred, images),
         "variants": [],
@@ -297,6 +359,7 @@ def _variant(kind: str, base: Path, base_card: dict, base_logits: np.ndarray, im
     bulk = _session_from_bytes(proto.SerializeToString(), path)
     logits = bulk.logits(images)
     accuracy = float((logits.argmax(1) == labels).mean())
+    quality = _quality(logits, labels)
     props.update(model_name=path.stem, variant=kind, test_accuracy=f"{accuracy:.4f}", base_model=base.name)
     _set_metadata(proto, props)
     blob = proto.SerializeToString()
@@ -304,12 +367,19 @@ def _variant(kind: str, base: Path, base_card: dict, base_logits: np.ndarray, im
     pred = load_predictor(path, prefer_gpu=False)
     lat = latency(pred, images)
     summary = {"variant": kind, "file": path.name, "size_bytes": path.stat().st_size, "accuracy": accuracy,
-               "vs_fp32": _parity(base_logits, logits, None), "latency": lat,
+               "ece": quality["ece"], "nll": quality["nll"], "vs_fp32": _parity(base_logits, logits, None), "latency": lat,
                "speedup_vs_fp32": base_card["latency"]["single_p50_ms"] / lat["single_p50_ms"]}
-    card = {**{k: v for k, v in base_card.items() if k not in ("variants", "parity", "latency")},
+    # The variant is converted from the base graph, so it carries the same folded temperature; its
+    # own ECE after calibration is measured on its own logits.
+    calibration = base_card.get("calibration")
+    if calibration:
+        calibration = {**calibration, "ece_after": quality["ece"], "nll_after": quality["nll"],
+                       "inherited_from": base.name}
+    card = {**{k: v for k, v in base_card.items() if k not in ("variants", "parity", "latency", "calibration")},
+            "calibration": calibration,
             "name": path.stem, "file": path.name, "variant": kind, "base_model": base.name,
             "size_bytes": summary["size_bytes"], "sha256": _sha256(path), "accuracy": accuracy,
-            "parity_vs_fp32": summary["vs_fp32"], "latency": lat}
+            "ece": quality["ece"], "nll": quality["nll"], "parity_vs_fp32": summary["vs_fp32"], "latency": lat}
     _write_card(path.with_suffix(".json"), card)
     return summary
 
@@ -331,3 +401,65 @@ def list_exported(folder: str | os.PathLike | None = None) -> list[dict]:
     order = {"fp32": 0, "fp16": 1, "int8": 2}  # each base model first, then its variants
     cards.sort(key=lambda c: (Path(c.get("base_model") or c["file"]).stem, order.get(c.get("variant"), 3), c["name"]))
     return cards
+
+
+# ------------------------------------------------------------------ Triton
+
+TRITON_MAX_BATCH = 256  # requests Triton's dynamic batcher may merge; the graph's batch is dynamic
+_TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 7: "TYPE_INT64"}
+
+
+def _io(value_info) -> tuple[str, str, list]:
+    """(name, Triton data type, dims as ints or None for a symbolic dim) of one graph input/output."""
+    t = value_info.type.tensor_type
+    if t.elem_type not in _TRITON_TYPES:
+        raise ExportError(f"{value_info.name}: ONNX element type {t.elem_type} has no Triton data type here")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return value_info.name, _TRITON_TYPES[t.elem_type], dims
+
+
+def triton_config(proto, name: str, max_batch_size: int = TRITON_MAX_BATCH) -> str:
+    """config.pbtxt text for an ONNX model with a dynamic batch dimension, for Triton's
+    onnxruntime backend. With max_batch_size > 0, Triton's dims leave out the batch dimension."""
+    if not 0 < max_batch_size <= 1 << 20:
+        raise ExportError(f"max_batch_size must be in [1, {1 << 20}], got {max_batch_size}")
+    blocks = {}
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        inits = {i.name for i in proto.graph.initializer}
+        entries = []
+        for v in values:
+            if v.name in inits:
+                continue  # old exporters list initializers as inputs
+            vname, dtype, dims = _io(v)
+            if not dims or dims[0] is not None or any(d is None for d in dims[1:]):
+                raise ExportError(f"{vname}: Triton batching needs a dynamic first (batch) dimension and fixed "
+                                  f"other dimensions; the graph has {['N' if d is None else d for d in dims]}")
+            entries.append(f'  {{\n    name: "{vname}"\n    data_type: {dtype}\n'
+                           f'    dims: [ {", ".join(str(d) for d in dims[1:])} ]\n  }}')
+        blocks[kind] = ",\n".join(entries)
+    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nbackend: "onnxruntime"\n'
+            f"max_batch_size: {max_batch_size}\n"
+            f"input [\n{blocks['input']}\n]\noutput [\n{blocks['output']}\n]\n"
+            "# Merge single-image requests (a crowd drawing at once) into batches on the server.\n"
+            "dynamic_batching { }\n")
+
+
+def write_triton(onnx_path: str | os.PathLike, repository: str | os.PathLike, name: str | None = None,
+                 max_batch_size: int = TRITON_MAX_BATCH) -> Path:
+    """Add an exported model to a Triton model repository: repository/<name>/config.pbtxt and
+    repository/<name>/1/model.onnx (the same bytes, so Triton serves the calibrated graph the app
+    uses). name defaults to the file's stem. Returns the model's folder."""
+    import onnx
+
+    from .names import safe_name
+
+    src = Path(onnx_path)
+    blob = src.read_bytes()
+    proto = onnx.load_from_string(blob)
+    name = safe_name(name or src.stem)
+    folder = Path(repository) / name
+    text = triton_config(proto, name, max_batch_size)
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    _write_bytes(folder / "1" / "model.onnx", blob)
+    atomic_write_text(folder / "config.pbtxt", text)
+    return folder

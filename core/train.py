@@ -155,6 +155,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     augment: bool = False
+    # With augment: also the distortions of drawn digits (elastic, blur/low-res, marker and hairline
+    # strokes, more rotation; core.augment.AugmentConfig.drawing), which core.robustness measures.
+    drawing_augment: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int | None = None  # cap for smoke tests and live demos
@@ -356,7 +359,7 @@ def _fit(model: MNISTModel, cfg: TrainConfig, train_x: torch.Tensor, train_y: to
     model.to(device=device, memory_format=memory_format).train()
     opt = make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: identical draws on any device
-    aug_cfg = AugmentConfig()
+    aug_cfg = AugmentConfig.drawing() if cfg.drawing_augment else AugmentConfig()
 
     step = 0
     t0 = time.perf_counter()
