@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 import core
+from core.catalog import ModelEntry
 from core.evaluate import evaluate
-from core.inference import read_card
 from core.insights import confusion_cell, confusion_rows
 from app_pages.common import (data_source_label, empty_state, get_data, get_predictor, image_grid, models,
                           page_header, public_error, sidebar_status)
@@ -191,7 +191,7 @@ def calibration_ui(card: dict | None) -> None:
                    delta_color="inverse", help=f"Measured on the {c.get('measured_on', 'test set')}.")
 
 
-def robustness_ui(choice: dict, data) -> None:
+def robustness_ui(choice: ModelEntry, data) -> None:
     """Accuracy per distortion (core.robustness) through the Draw page's canvas path, on demand:
     it costs seconds, so it runs when asked and the table stays for this model until it changes."""
     from core.robustness import DISTORTIONS, RobustnessConfig, robustness
@@ -201,13 +201,13 @@ def robustness_ui(choice: dict, data) -> None:
                "after each distortion: " + "; ".join(f"**{k}**: {v}" for k, v in DISTORTIONS.items() if k != "clean")
                + ". Fixed seed, so reruns give the same table.")
     digits = st.number_input("Test digits per distortion", 100, 10_000, 1000, step=100, key="robust_digits")
-    key = (choice["path"], Path(choice["path"]).stat().st_mtime, data.description, int(digits))
+    key = (str(choice.path), choice.path.stat().st_mtime, data.description, int(digits))
     if st.button("Run the robustness suite", key="robust_run", icon=":material/shield:"):
-        if choice["kind"] == "onnx":
-            model = get_predictor(choice["path"])
+        if choice.onnx:
+            model = get_predictor(choice.path)
         else:
             device = core.resolve_device("auto")
-            model = core.TorchPredictor(core.load_checkpoint(choice["path"], device).model, device)
+            model = core.TorchPredictor(core.load_checkpoint(choice.path, device).model, device)
         bar = st.progress(0.0, text="Drawing and reading distorted digits…")
         rep = robustness(model, data.test_images, data.test_labels, RobustnessConfig(digits=int(digits)),
                          progress=lambda done, total, name: bar.progress(done / total, text=f"{name} done"))
@@ -256,6 +256,6 @@ else:
             per_class_ui(report)
         with right:
             reliability_ui(report)
-            calibration_ui(read_card(choice["path"]) if choice["kind"] == "onnx" else None)
+            calibration_ui(choice.card if choice.onnx else None)
         mistakes_ui(report, data)
         robustness_ui(choice, data)
