@@ -17,7 +17,7 @@ import streamlit as st
 
 import core
 from core.catalog import KINDS, ModelEntry, model_catalog
-from core.data import SourceInfo
+from core.data import SourceInfo, describe_source
 from core.executor import JobHandle, get_executor
 from core.workspace import RunRecord, Workspace
 
@@ -61,6 +61,18 @@ def get_data(explain: bool = True):
     return core.MNISTData(torch.from_numpy(a["train_images"]), torch.from_numpy(a["train_labels"]),
                           torch.from_numpy(a["test_images"]), torch.from_numpy(a["test_labels"]),
                           a["source"], a["description"])
+
+
+def get_source(explain: bool = True) -> SourceInfo | None:
+    """Which dataset the app uses and its size, from the files' headers alone (core.data.describe_source):
+    no torch and no loading, for pages that only need to say it (Home, Train). None when there is none
+    (then, with explain, a message says what is missing and how to get it)."""
+    info = describe_source()
+    if info.source is None:
+        if explain:
+            data_missing_ui(info.description)
+        return None
+    return info
 
 
 @st.cache_resource(show_spinner="Starting onnxruntime…", max_entries=16)

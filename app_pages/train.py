@@ -14,11 +14,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-import core
+from core.config import LIMITS, MODEL_INFO, PRESETS, TrainConfig, default_epochs
 from core.executor import JobSpec, get_executor, read_events
-from core.train import LIMITS, PRESETS, TrainConfig
+from core.hardware import gpu_present
 from core.workspace import RunRecord
-from app_pages.common import (get_data, live_job, ordinal, page_header, page_link, public_error, sidebar_status,
+from app_pages.common import (get_source, live_job, ordinal, page_header, page_link, public_error, sidebar_status,
                               workspace)
 
 OPTIMIZERS = {"sgd": "SGD (Nesterov momentum)", "adam": "Adam", "adamw": "AdamW"}
@@ -55,9 +55,8 @@ def reset_preset(model: str) -> None:
 
 
 def start(cfg: TrainConfig, requested_name: str) -> None:
-    # A batch that cannot fit in memory is refused here, with the batch sizes that do fit,
-    # rather than failing in a worker a moment later.
-    core.check_memory(core.build_model(cfg.model), cfg, core.resolve_device(cfg.device))
+    # No torch here: the worker checks that a batch fits in its device's memory before it trains
+    # (core.train.check_memory), and the run then fails with the batch sizes that do fit.
     ws = workspace()
     name, run_dir = ws.new_run(requested_name or cfg.model)
     try:
@@ -84,16 +83,16 @@ def _choice(col, label: str, model: str, field: str, options: dict, default: str
                          key=_key(model, field), persist_state="session", help=help)
 
 
-def form_ui(data) -> None:
+def form_ui(source) -> None:
     running = busy()
-    model = st.selectbox("Model", list(core.MODELS), index=list(core.MODELS).index("fast"), key="train_model",
-                         persist_state="session", format_func=lambda m: f"{m} — {core.MODELS[m].description}",
+    model = st.selectbox("Model", list(MODEL_INFO), index=list(MODEL_INFO).index("fast"), key="train_model",
+                         persist_state="session", format_func=lambda m: f"{m} — {MODEL_INFO[m]}",
                          help="The architecture. 'fast' reaches ~99% in one epoch on a CPU; 'accurate' is deeper "
                               "and trains with augmentation for the last few tenths of a percent.")
     p = TrainConfig.preset(model)
     c1, c2, c3, c4 = st.columns(4)
     # More epochs than the preset on the offline sample, so the default run is worth watching.
-    epochs = _number(c1, "Epochs", model, "epochs", core.default_epochs(model, len(data.train_labels)),
+    epochs = _number(c1, "Epochs", model, "epochs", default_epochs(model, source.train or 60_000),
                      "Passes over the training digits.")
     batch = _number(c2, "Batch size", model, "batch_size", p.batch_size, step=32,
                     help="Digits per step. Bigger batches run faster per digit but take fewer steps.")
@@ -114,7 +113,7 @@ def form_ui(data) -> None:
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     augment = c1.toggle("Augment", value=p.augment, key=_key(model, "augment"), persist_state="session",
                         help="Randomly shift, rotate and scale digits each step: slower to fit, generalises better.")
-    gpu = core.cuda_available()
+    gpu = gpu_present()
     device = c2.selectbox("Device", ["auto", "cpu"] + (["cuda"] if gpu else []), key="train_device",
                           persist_state="session", help="auto uses the GPU when there is one." +
                                                         ("" if gpu else " No GPU here, so it is the CPU."))
@@ -133,7 +132,7 @@ def form_ui(data) -> None:
         try:
             cfg.validate()
             start(cfg, name.strip())
-        except (ValueError, core.DeviceError) as e:  # bad hyperparameters, name or device: say which and why
+        except ValueError as e:  # bad hyperparameters, name or device: say which and why
             st.error(f"Cannot start: {public_error(e)}")
         else:
             st.rerun()  # redraw with the live panel running and Start disabled
@@ -317,13 +316,13 @@ def _pct(x):
 
 page_header("Train", "Train a CNN on MNIST right here. Pick a model (the presets are good recipes), start, and watch "
                      "the loss fall. Training keeps going while you visit other pages.")
-data = get_data()
-sidebar_status(data)
-if data is not None:
-    if data.source == "sample":
+source = get_source()  # which data the workers will train on, read from file headers: no torch here
+sidebar_status(source)
+if source is not None:
+    if source.source == "sample":
         st.info("Training on the offline 5,000-digit sample: fine for learning how it works. The epochs are "
                 "raised so a run gets about 200 steps; expect about 98% rather than 99%+.")
-    form_ui(data)
+    form_ui(source)
     rec = current_run()
     polling = rec is not None and rec.status in ("queued", "running")
     st.session_state.train_polling = rec.name if polling else None

@@ -18,10 +18,11 @@ _API = {
     "resolve_device": "device", "DeviceError": "device", "device_name": "device", "cuda_available": "device",
     # models.py
     "MODELS": "models", "ModelConfig": "models", "build_model": "models", "count_parameters": "models",
-    # train.py
-    "TrainConfig": "train", "train": "train", "fit": "train", "TrainingDiverged": "train", "PRESETS": "train",
-    "TrainingOutOfMemory": "train", "check_memory": "train", "warm_up": "train", "default_epochs": "train",
-    "total_steps": "train",
+    # config.py (no torch), train.py
+    "TrainConfig": "config", "PRESETS": "config", "LIMITS": "config", "MODEL_INFO": "config",
+    "default_epochs": "config", "total_steps": "config",
+    "train": "train", "fit": "train", "TrainingDiverged": "train", "TrainingOutOfMemory": "train",
+    "check_memory": "train", "warm_up": "train",
     # finetune.py, targets.py, samples.py
     "FinetuneConfig": "finetune", "finetune": "finetune", "pretrain_base": "finetune", "RECIPES": "finetune",
     "freeze_groups": "finetune", "unfreeze_all": "finetune", "resolve_groups": "finetune",

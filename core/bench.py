@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 def _torchvision_layout(data_dir, tmp: Path) -> Path:
     """Unpack IDX files to tmp/MNIST/raw, where torchvision.datasets.MNIST looks."""
-    from .data import DEFAULT_DATA_DIR, SPLIT_FILES, _find_file, idx_folder
+    from .data import DEFAULT_DATA_DIR, SPLIT_FILES, find_file, idx_folder
 
     import os
 
@@ -31,7 +31,7 @@ def _torchvision_layout(data_dir, tmp: Path) -> Path:
     raw.mkdir(parents=True)
     for stems in SPLIT_FILES.values():
         for stem in stems:
-            src = _find_file(folder, stem)
+            src = find_file(folder, stem)
             opener = gzip.open if src.read_bytes()[:2] == b"\x1f\x8b" else open
             with opener(src, "rb") as f, open(raw / stem, "wb") as g:
                 shutil.copyfileobj(f, g)

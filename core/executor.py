@@ -209,7 +209,7 @@ def _prepare_config(spec: JobSpec) -> dict:
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
         raise ValueError("data_dir is not a folder")
     if spec.kind in ("train", "pretrain"):
-        from .train import TrainConfig
+        from .config import TrainConfig  # no torch: the web server validates jobs too
 
         _check_keys(spec.config, TrainConfig)
         cfg = TrainConfig.from_dict(spec.config).validate()

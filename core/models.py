@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .config import MODEL_INFO
 from .data import MNIST_MEAN, MNIST_STD
 
 
@@ -68,7 +69,7 @@ def conv_pool_bn(cin: int, cout: int) -> nn.Sequential:
 
 
 class MLP(MNISTModel):
-    description = "A fully connected net, 784-128-10 (the classic MNIST baseline)."
+    description = MODEL_INFO["mlp"]
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -81,7 +82,7 @@ class MLP(MNISTModel):
 class Classic(MNISTModel):
     """pytorch/examples' MNIST CNN, layer for layer (logits instead of log_softmax)."""
 
-    description = "pytorch/examples' MNIST CNN: conv32, conv64, max-pool, dropout, fc128 (1.2M params)."
+    description = MODEL_INFO["classic"]
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -102,7 +103,7 @@ class Fast(MNISTModel):
     schedule use a high learning rate so one epoch is enough for >= 99%.
     """
 
-    description = "Small BatchNorm CNN tuned for the shortest time to 99% on a CPU (default for live demos)."
+    description = MODEL_INFO["fast"]
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()
@@ -118,7 +119,7 @@ class Fast(MNISTModel):
 class Accurate(MNISTModel):
     """VGG-style: two convs per resolution, trained with augmentation for many epochs."""
 
-    description = "Deeper BatchNorm CNN (two convs per stage), trained with augmentation for the best accuracy."
+    description = MODEL_INFO["accurate"]
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -21,10 +20,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment
+# The configuration lives in config.py (no torch: the web server validates jobs with it);
+# train.py re-exports it so `from core.train import TrainConfig` keeps working.
+from .config import (LIMITS, MIN_DEFAULT_STEPS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, check_limits,
+                     default_epochs, steps_per_epoch, total_steps)
 from .checkpoint import save_checkpoint
-from .data import MNISTData, split_validation, to_float, validation_size
+from .data import MNISTData, split_validation, to_float
 from .device import configure_cpu, device_name, resolve_device
 from .models import MNISTModel, ModelConfig, build_model, count_parameters
+
+__all__ = ["LIMITS", "MIN_DEFAULT_STEPS", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig", "check_limits",
+           "default_epochs", "steps_per_epoch", "total_steps", "TrainingDiverged", "TrainingOutOfMemory",
+           "check_memory", "warm_up", "fit", "train", "lr_factor", "evaluate_loss_acc"]
 
 log = logging.getLogger(__name__)
 
@@ -118,116 +125,6 @@ def check_memory(model: nn.Module, cfg: "TrainConfig", device: torch.device,
         fit = max(1, (budget - step_memory_bytes(model, 0)) // per_image)
         raise ValueError(f"batch_size {cfg.batch_size} needs about {need / 2**30:.1f} GB per step but only "
                          f"{free / 2**30:.1f} GB is free on {device.type}; batch_size must be in [1, {fit}] here")
-
-
-# Per-model recipes. "classic" is pytorch/examples' MNIST recipe (Adam 1e-3, batch 64, flat lr).
-PRESETS: dict[str, dict] = {
-    "mlp": dict(optimizer="adam", lr=2e-3, batch_size=128, schedule="onecycle"),
-    "classic": dict(optimizer="adam", lr=1e-3, batch_size=64, schedule="constant"),
-    "fast": dict(optimizer="sgd", lr=0.2, batch_size=128, schedule="onecycle"),
-    "accurate": dict(optimizer="sgd", lr=0.1, batch_size=128, schedule="onecycle", weight_decay=5e-4,
-                     label_smoothing=0.1, augment=True, epochs=20),
-}
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
-MIN_DEFAULT_STEPS = 200  # a default run on a small dataset gets at least this many steps
-
-LIMITS = {  # allowed ranges, checked before any work starts
-    # epochs reaches 100,000 because a few-shot fine-tune of 10 digits runs one step per epoch.
-    "epochs": (1, 100_000), "batch_size": (1, 8192), "lr": (1e-6, 10.0), "head_lr": (1e-6, 10.0),
-    "weight_decay": (0.0, 1.0), "label_smoothing": (0.0, 0.5), "momentum": (0.0, 0.999),
-    "warmup": (0.0, 0.5), "max_steps": (1, 10_000_000), "val_size": (0, 59_000), "log_every": (1, 100_000),
-}
-
-
-@dataclass
-class TrainConfig:
-    model: str = "fast"
-    epochs: int = 1
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd (nesterov) | adam | adamw
-    lr: float = 0.2
-    head_lr: float | None = None  # a different lr for the "head" group (fine-tuning)
-    schedule: str = "onecycle"  # onecycle | cosine | constant
-    warmup: float = 0.2  # fraction of steps spent warming up (onecycle)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    augment: bool = False
-    # With augment: also the distortions of drawn digits (elastic, blur/low-res, marker and hairline
-    # strokes, more rotation; core.augment.AugmentConfig.drawing), which core.robustness measures.
-    drawing_augment: bool = False
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    max_steps: int | None = None  # cap for smoke tests and live demos
-    val_size: int = 5000
-    log_every: int = 1  # step events every N steps (each one syncs a GPU)
-    channels_last: bool = True
-
-    @classmethod
-    def preset(cls, model: str = "fast", **overrides) -> "TrainConfig":
-        """The model's recipe, then overrides (None values are ignored)."""
-        base = dict(PRESETS.get(model, {}))
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model=model, **base)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def validate(self) -> "TrainConfig":
-        """Refuse bad hyperparameters up front, naming the allowed range."""
-        from .models import MODELS
-
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        check_limits(self, LIMITS, optional=("max_steps", "head_lr"),
-                     whole=("epochs", "batch_size", "max_steps", "val_size", "log_every"))
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be one of auto, cpu, cuda, got {self.device!r}")
-        return self
-
-
-def check_limits(cfg, limits: dict, optional: tuple = (), whole: tuple = ()) -> None:
-    """Every field of cfg named in limits inside its [lo, hi] (None allowed for `optional`), the
-    `whole` ones whole numbers, and cfg.optimizer / cfg.schedule known. Shared by TrainConfig
-    and FinetuneConfig, so the two cannot drift apart."""
-    for name, (lo, hi) in limits.items():
-        v = getattr(cfg, name)
-        if v is None and name in optional:
-            continue
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {v!r}")
-        if name in whole and not isinstance(v, int):
-            raise ValueError(f"{name} must be a whole number, got {v!r}")
-    for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-
-
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """The ragged last batch is dropped (BatchNorm dislikes tiny ones); at least one step."""
-    return max(1, n_train // min(batch_size, max(1, n_train)))
-
-
-def total_steps(cfg: "TrainConfig", n_train: int) -> int:
-    """How many steps fit() will run for cfg on n_train digits."""
-    total = cfg.epochs * steps_per_epoch(n_train, cfg.batch_size)
-    return min(total, cfg.max_steps) if cfg.max_steps else total
-
-
-def default_epochs(model: str, n_images: int) -> int:
-    """The preset's epochs for n_images training digits (before the validation split), raised so
-    a run on a small dataset still gets MIN_DEFAULT_STEPS steps. On the offline 4,000-digit sample
-    one epoch of `fast` is 28 steps and scored 67%; 6 epochs scored 97.9%, 8 about 98%."""
-    p = TrainConfig.preset(model)
-    n_train = n_images - validation_size(n_images, p.val_size)
-    return max(p.epochs, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch(n_train, p.batch_size)))
 
 
 WARMUP_FLOOR_STEPS = 50  # BatchNorm nets blow up if a high lr arrives within a few steps

@@ -29,12 +29,12 @@ SCRIPT = textwrap.dedent(r"""
     import numpy as np
     from PIL import Image
     from streamlit.testing.v1 import AppTest
-    from core.data import _find_file, read_idx
+    from core.data import find_file, read_idx
     from core.preprocess import digit_to_canvas
 
     mnist = Path(sys.argv[1])
-    images = read_idx(_find_file(mnist, "t10k-images-idx3-ubyte"), "images")
-    labels = read_idx(_find_file(mnist, "t10k-labels-idx1-ubyte"), "labels")
+    images = read_idx(find_file(mnist, "t10k-images-idx3-ubyte"), "images")
+    labels = read_idx(find_file(mnist, "t10k-labels-idx1-ubyte"), "labels")
     at = AppTest.from_file("streamlit_app.py", default_timeout=120)
     at.switch_page("app_pages/draw.py").run()
     out = {"blank": next(m.value for m in at.metric if m.label == "Prediction")}
