@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data import describe_source
+from core.executor import get_executor
 from core.hardware import cpu_count, gpu_names
 from app_pages.common import (PAGES, data_source_label, models, onnx_provider, page_header, page_link, public_error,
                           sidebar_status)
@@ -85,6 +86,18 @@ def models_ui() -> None:
         st.caption("Your own runs appear here too once you train one.")
 
 
+def jobs_ui() -> None:
+    """For presenters: how many training jobs this server is running and how many wait (everyone's,
+    counted, never listed: the runs themselves stay private to their workspaces)."""
+    stats = get_executor().stats()
+    if not stats["running"] and not stats["queued"]:
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Training now", stats["running"], help="Jobs running on this server's workers (or its Ray cluster).")
+    c2.metric("Waiting", stats["queued"], help="Jobs queued behind them, first come first served.")
+    c3.metric("Workers", stats["workers"], help="How many jobs run at once here (MNIST_LAB_WORKERS).")
+
+
 def pages_ui() -> None:
     st.subheader("Where to go")
     cols = st.columns(4)
@@ -105,5 +118,6 @@ st.page_link("app_pages/draw.py", label="Start drawing", icon=":material/draw:")
 data = describe_source()
 sidebar_status(data if data.source else None)
 status_ui(data)
+jobs_ui()
 pages_ui()
 models_ui()

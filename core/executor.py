@@ -34,6 +34,7 @@ Status: queued -> running -> done | failed | stopped; queued -> cancelled.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import heapq
 import json
 import logging
@@ -680,6 +681,10 @@ def _worker_main(conn, stop_seq, env: dict) -> None:
     # Ctrl-C in the server's terminal reaches the whole process group; the server shuts jobs
     # down itself (stop, then exit), so a worker ignores it rather than die mid-step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Training is batch work; the web server answers people. At a lower priority the worker still
+    # gets every idle cycle, but a visitor's stroke is read first when the two compete for the cores.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.nice(int(os.environ.get("MNIST_LAB_WORKER_NICE", "10")))
     try:
         info = _warm_up_worker()
     except BaseException as e:  # noqa: BLE001 - reported to the server, which fails the job
