@@ -209,8 +209,13 @@ def save_ui(out: dict | None) -> None:
     """Label (the prediction preselected) and Save sample, beside the prediction: they save the
     drawing this fragment run just read. Saving reruns the whole page so the counts below update."""
     default = str(out["digit"]) if out and not out["blank"] else None
+    if st.session_state.get("draw_label_for", "") != default:  # a new prediction: preselect it
+        st.session_state.draw_label_for = default
+        st.session_state.draw_label = default
     # Pills, not a segmented control: ten of them wrap on a phone instead of running off its edge.
-    label = st.pills("Label", [str(d) for d in range(10)], default=default, key=f"draw_label_{default}",
+    # One key for good (the prediction is preselected through it): a widget keyed by the
+    # prediction was a new widget, mounted afresh, on every stroke that changed the digit.
+    label = st.pills("Label", [str(d) for d in range(10)], key="draw_label",
                      help="What you meant to draw (the prediction is preselected; correct it if it's wrong).")
     can_save = out is not None and not out["blank"] and label is not None
     if st.button("Save sample", icon=":material/add:", disabled=not can_save, type="primary"):
@@ -238,8 +243,6 @@ def steps_ui(out: dict | None) -> None:
         tiles.append(explore.enlarge(img, max(1, STEP_TILE // img.shape[0])))
     # One image element for all steps (one message, and the browser wraps them on a narrow screen).
     st.image(tiles, caption=[f"{i}. {name}" for i, name in enumerate(steps, start=1)], width=STEP_TILE)
-    st.caption("MNIST's recipe: crop to the ink, scale the longer side to 20 pixels, then centre the ink's mass "
-               "in a 28×28 frame. Skipping it is why many canvas demos misread digits drawn small or off-centre.")
 
 
 @st.fragment
@@ -273,9 +276,6 @@ def drawing_ui(path: str | None) -> None:
         if predictor is not None:
             details_ui(out, predictor, photo.name if photo is not None and out is not None else None)
             save_ui(out)
-    st.caption("White ink on black, like MNIST. The toolbar above the canvas (it shows when you touch or "
-               "hover the canvas) undoes, redoes and clears (the bin). The model reads your digit every time "
-               "you lift the pen.")
     steps_ui(out)
 
 
@@ -324,6 +324,13 @@ if model_path is None:
                "export it on the Export page, and it appears here.", icon=":material/warning:")
     page_link("app_pages/train.py", "Train a model")
 drawing_ui(model_path)
+# Static text stays outside the fragment: every element a stroke re-sends is one more message the
+# browser handles before it shows the Prediction (measured: the fragment's later elements, not the
+# sidebar or the samples section, made up the Draw page's extra latency).
+st.caption("White ink on black, like MNIST. The toolbar above the canvas (it shows when you touch or hover the "
+           "canvas) undoes, redoes and clears (the bin). The model reads your digit every time you lift the pen, "
+           "through MNIST's recipe: crop to the ink, scale the longer side to 20 pixels, then centre the ink's "
+           "mass in a 28×28 frame. Skipping it is why many canvas demos misread digits drawn small or off-centre.")
 photo_ui()
 st.divider()
 samples_ui()
