@@ -217,7 +217,7 @@ def save_ui(out: dict | None) -> None:
     # Pills, not a segmented control: ten of them wrap on a phone instead of running off its edge.
     # One key for good (the prediction is preselected through it): a widget keyed by the
     # prediction was a new widget, mounted afresh, on every stroke that changed the digit.
-    label = st.pills("Label", [str(d) for d in range(10)], key="draw_label",
+    label = st.pills("Label", [str(d) for d in range(10)], key="draw_label", wrap=True,
                      help="What you meant to draw (the prediction is preselected; correct it if it's wrong).")
     can_save = out is not None and not out["blank"] and label is not None
     if st.button("Save sample", icon=":material/add:", disabled=not can_save, type="primary"):
