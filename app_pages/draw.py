@@ -6,10 +6,11 @@ step, the ten probabilities, the provider and the latency. Drawings can be
 saved with a label into this visitor's sample set, which feeds fine-tuning.
 Works with no dataset: only the shipped model is needed.
 
-Light on purpose: no torch, pandas or Altair on this page (a server whose visitors only draw
-stays ~200 MB), and a stroke reruns only the drawing fragment (canvas, prediction, steps, save),
-not the sidebar or the saved-samples section. On a phone the columns stack: canvas, then the
-prediction right under it, then the rest.
+Light on purpose: no torch and no Altair on this page (a server whose visitors only draw stays
+under 200 MB; pandas does load, because Streamlit's components v2 serialisation imports it when
+the canvas renders), and a stroke reruns only the drawing fragment (prediction, canvas, details,
+steps), not the sidebar or the saved-samples section. The Prediction sits above the canvas, so on
+a phone, where columns stack, the digit and the whole canvas share the screen.
 """
 from __future__ import annotations
 
@@ -133,8 +134,7 @@ def sidebar_ui() -> str | None:
 def drawn_image():
     """The drawing the canvas sent last, as RGBA [280,280,4], or None before the first stroke. Read
     from the canvas's state before the canvas is drawn, so the prediction can be the first thing
-    this run sends: the browser renders a run's messages one by one, and every one sent before
-    the Prediction delays it (measured: ~20 ms each on a 2-core box)."""
+    this run sends: every message the browser handles before the Prediction delays it."""
     try:
         url = st.session_state.get("canvas")["drawing"]["data"]
     except (KeyError, TypeError):
@@ -268,8 +268,8 @@ def drawing_ui(path: str | None) -> None:
     if out is not None:
         # Let the browser paint the Prediction before the rest of this run arrives. It handles the
         # messages that reach it together as one batch, so the bars, steps and widgets sent right
-        # after the metrics held the digit back by ~60 ms (bench/draw_latency.py); with this pause
-        # the digit shows first and the details follow, all of it sooner than before on the whole.
+        # after the metrics held the digit back by ~65 ms (bench/draw_latency.py: +65 ms against the
+        # one-fragment canvas app without the pause, -8 ms with it); the details follow 50 ms later.
         time.sleep(PAINT_PAUSE_S)
     if out is not None and not out["blank"]:
         st.session_state["last_drawing"] = out["pre"].image  # float32 [28,28]: Insights explains this drawing
