@@ -6,15 +6,17 @@ step, the ten probabilities, the provider and the latency. Drawings can be
 saved with a label into this visitor's sample set, which feeds fine-tuning.
 Works with no dataset: only the shipped model is needed.
 
-Light on purpose: no torch, pandas or Altair on this page (a server whose visitors only draw
-stays ~200 MB), and a stroke reruns only the drawing fragment (canvas, prediction, steps, save),
-not the sidebar or the saved-samples section. On a phone the columns stack: canvas, then the
-prediction right under it, then the rest.
+Light on purpose: no torch and no Altair on this page (a server whose visitors only draw stays
+under 200 MB; pandas does load, because Streamlit's components v2 serialisation imports it when
+the canvas renders), and a stroke reruns only the drawing fragment (prediction, canvas, details,
+steps), not the sidebar or the saved-samples section. The Prediction sits above the canvas, so on
+a phone, where columns stack, the digit and the whole canvas share the screen.
 """
 from __future__ import annotations
 
 import html
 import os
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -28,6 +30,7 @@ from app_pages.common import get_predictor, models, page_header, page_link, publ
 
 CANVAS = 280  # pixels; 10x MNIST's 28. Fits a 360 px phone screen with Streamlit's margins.
 STEP_TILE = 84  # pixels per preprocessing step: four fit side by side on a phone
+PAINT_PAUSE_S = 0.05  # after sending the Prediction: see drawing_ui
 PRESENTER = os.environ.get("MNIST_LAB_PRESENTER") == "1"
 PROVIDERS = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA (GPU)"}
 
@@ -131,8 +134,7 @@ def sidebar_ui() -> str | None:
 def drawn_image():
     """The drawing the canvas sent last, as RGBA [280,280,4], or None before the first stroke. Read
     from the canvas's state before the canvas is drawn, so the prediction can be the first thing
-    this run sends: the browser renders a run's messages one by one, and every one sent before
-    the Prediction delays it (measured: ~20 ms each on a 2-core box)."""
+    this run sends: every message the browser handles before the Prediction delays it."""
     try:
         url = st.session_state.get("canvas")["drawing"]["data"]
     except (KeyError, TypeError):
@@ -209,8 +211,13 @@ def save_ui(out: dict | None) -> None:
     """Label (the prediction preselected) and Save sample, beside the prediction: they save the
     drawing this fragment run just read. Saving reruns the whole page so the counts below update."""
     default = str(out["digit"]) if out and not out["blank"] else None
+    if st.session_state.get("draw_label_for", "") != default:  # a new prediction: preselect it
+        st.session_state.draw_label_for = default
+        st.session_state.draw_label = default
     # Pills, not a segmented control: ten of them wrap on a phone instead of running off its edge.
-    label = st.pills("Label", [str(d) for d in range(10)], default=default, key=f"draw_label_{default}",
+    # One key for good (the prediction is preselected through it): a widget keyed by the
+    # prediction was a new widget, mounted afresh, on every stroke that changed the digit.
+    label = st.pills("Label", [str(d) for d in range(10)], key="draw_label", wrap=True,
                      help="What you meant to draw (the prediction is preselected; correct it if it's wrong).")
     can_save = out is not None and not out["blank"] and label is not None
     if st.button("Save sample", icon=":material/add:", disabled=not can_save, type="primary"):
@@ -238,8 +245,6 @@ def steps_ui(out: dict | None) -> None:
         tiles.append(explore.enlarge(img, max(1, STEP_TILE // img.shape[0])))
     # One image element for all steps (one message, and the browser wraps them on a narrow screen).
     st.image(tiles, caption=[f"{i}. {name}" for i, name in enumerate(steps, start=1)], width=STEP_TILE)
-    st.caption("MNIST's recipe: crop to the ink, scale the longer side to 20 pixels, then centre the ink's mass "
-               "in a 28×28 frame. Skipping it is why many canvas demos misread digits drawn small or off-centre.")
 
 
 @st.fragment
@@ -260,6 +265,12 @@ def drawing_ui(path: str | None) -> None:
         except ValueError as e:  # a malformed canvas image: say so instead of failing the page
             st.error(f"Could not read the canvas: {public_error(e)}")
     metrics_ui(out)
+    if out is not None:
+        # Let the browser paint the Prediction before the rest of this run arrives. It handles the
+        # messages that reach it together as one batch, so the bars, steps and widgets sent right
+        # after the metrics held the digit back by ~65 ms (bench/draw_latency.py: +65 ms against the
+        # one-fragment canvas app without the pause, -8 ms with it); the details follow 50 ms later.
+        time.sleep(PAINT_PAUSE_S)
     if out is not None and not out["blank"]:
         st.session_state["last_drawing"] = out["pre"].image  # float32 [28,28]: Insights explains this drawing
     left, right = st.columns([1, 1.3], gap="medium")
@@ -273,9 +284,6 @@ def drawing_ui(path: str | None) -> None:
         if predictor is not None:
             details_ui(out, predictor, photo.name if photo is not None and out is not None else None)
             save_ui(out)
-    st.caption("White ink on black, like MNIST. The toolbar above the canvas (it shows when you touch or "
-               "hover the canvas) undoes, redoes and clears (the bin). The model reads your digit every time "
-               "you lift the pen.")
     steps_ui(out)
 
 
@@ -324,6 +332,13 @@ if model_path is None:
                "export it on the Export page, and it appears here.", icon=":material/warning:")
     page_link("app_pages/train.py", "Train a model")
 drawing_ui(model_path)
+# Static text stays outside the fragment: every element a stroke re-sends is one more message the
+# browser handles before it shows the Prediction (measured: the fragment's later elements, not the
+# sidebar or the samples section, made up the Draw page's extra latency).
+st.caption("White ink on black, like MNIST. The toolbar above the canvas (it shows when you touch or hover the "
+           "canvas) undoes, redoes and clears (the bin). The model reads your digit every time you lift the pen, "
+           "through MNIST's recipe: crop to the ink, scale the longer side to 20 pixels, then centre the ink's "
+           "mass in a 28×28 frame. Skipping it is why many canvas demos misread digits drawn small or off-centre.")
 photo_ui()
 st.divider()
 samples_ui()

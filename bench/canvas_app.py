@@ -1,8 +1,9 @@
 """The reference for bench/draw_latency.py: the canvas and a Prediction metric in one fragment,
 running the same core.inference.predict_canvas as the Draw page, and nothing else. The gap between
-this app and /draw is what the Draw page itself costs per stroke.
+this app and /draw is what the Draw page (and the app around it) costs per stroke.
 
-Started the way the app is: `.venv/bin/streamlit run bench/canvas_app.py` from the project root."""
+Started the way the app is: `.venv/bin/streamlit run bench/canvas_app.py` from the project root.
+bench/canvas_shell_app.py shows the same page inside a multipage shell like the app's."""
 import sys
 from pathlib import Path
 
@@ -28,5 +29,10 @@ def canvas_ui():
     st.metric("Prediction", "—" if out is None or out["blank"] else str(out["digit"]))
 
 
-st.title("Canvas")
-canvas_ui()
+def canvas_page():
+    st.title("Canvas")
+    canvas_ui()
+
+
+if __name__ == "__main__":  # `streamlit run` runs the script as __main__; the shell app imports it
+    canvas_page()

@@ -5,12 +5,14 @@ to a drawable canvas, and the server's memory after drawing. Drives headless Chr
 
 1. Starts the app with the README's command (tests/helpers.streamlit_server) and, as the reference,
    bench/canvas_app.py the same way: the canvas + a Prediction metric in one fragment, calling the
-   same core.inference.predict_canvas. Nothing else runs in between.
+   same core.inference.predict_canvas. Also bench/canvas_shell_app.py: that same page inside a
+   multipage shell like the app's (for information: what st.navigation and its sidebar cost).
 2. First visitor on the fresh app server: milliseconds from page.goto("/draw") until the canvas is
    on screen with its drawing surface (canvas.upper-canvas) ready. Bar: 3 s.
 3. That visitor draws a 1, a 7 and a 0; then the resident memory of the server and all its child
    processes (Linux /proc, VmRSS summed) is read, and whether torch is mapped in it. Bar: 300 MB.
-4. Latency: 10 digits x --rounds, alternating Draw and the reference stroke by stroke. In the page,
+   Then the same visitor opens Home, and the memory is read again (for information).
+4. Latency: 10 digits x --rounds, alternating the three apps stroke by stroke. In the page,
    performance.now() at pen-up (a capturing pointerup listener) and when the Prediction metric's
    text changes (a MutationObserver); between digits the toolbar's reset clears the canvas.
    Prints median and p95 for each and the difference of the medians. Bar: Draw within 40 ms.
@@ -39,6 +41,7 @@ LATENCY_BAR_MS = 40
 DRAWABLE_BAR_S = 3.0
 RSS_BAR_MB = 300
 REFERENCE = "bench/canvas_app.py"
+SHELL = "bench/canvas_shell_app.py"
 
 # One stroke per digit, in units of the canvas side: the latency counts from the last pen-up.
 DIGITS = {
@@ -185,10 +188,12 @@ def main() -> int:
             server("streamlit_app.py", {"MNIST_DIR": mnist, "MNIST_LAB_WORKSPACES": ws},
                    logs / "bench-draw-server.log") as (app_url, app_pid), \
             server(REFERENCE, {}, logs / "bench-canvas-server.log") as (ref_url, ref_pid), \
+            server(SHELL, {}, logs / "bench-shell-server.log") as (shell_url, _), \
             sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         pages = {}
-        for name, url, title in (("draw", f"{app_url}/draw", "Draw"), ("canvas", ref_url, "Canvas")):
+        for name, url, title in (("draw", f"{app_url}/draw", "Draw"), ("canvas", ref_url, "Canvas"),
+                                 ("shell", shell_url, "Canvas")):
             ctx = browser.new_context(viewport={"width": 1440, "height": 1000}, color_scheme="dark")
             ctx.add_init_script(PROBE_JS)
             page = ctx.new_page()
@@ -201,14 +206,21 @@ def main() -> int:
                     reset(page, title)
                 time.sleep(2)
                 app_rss, app_torch = rss_mb(app_pid), torch_loaded(app_pid)
+                home = ctx.new_page()  # the same visitor (browser context) looks at Home too
+                home.goto(app_url)
+                wait_until_idle(home, "MNIST Lab")
+                time.sleep(2)
+                home_rss, home_torch = rss_mb(app_pid), torch_loaded(app_pid)
+                home.close()
         ref_rss = rss_mb(ref_pid)
 
-        lat = {"draw": [], "canvas": []}
-        read = {"draw": 0, "canvas": 0}
+        lat = {"draw": [], "canvas": [], "shell": []}
+        read = {"draw": 0, "canvas": 0, "shell": 0}
+        names = list(lat)
         for r in range(args.rounds):
             for digit in DIGITS:
-                order = ("draw", "canvas") if (r + int(digit)) % 2 == 0 else ("canvas", "draw")
-                for name in order:
+                k = (r + int(digit)) % 3
+                for name in names[k:] + names[:k]:  # each app first, second and third in turn
                     page, box, title, _ = pages[name]
                     ms, shown = stroke(page, box, digit)
                     lat[name].append(ms)
@@ -216,29 +228,38 @@ def main() -> int:
                     reset(page, title)
         browser.close()
 
-    draw_s, ref_s = summary(lat["draw"]), summary(lat["canvas"])
+    draw_s, ref_s, shell_s = summary(lat["draw"]), summary(lat["canvas"]), summary(lat["shell"])
     diff = draw_s["median_ms"] - ref_s["median_ms"]
+    shell_diff = shell_s["median_ms"] - ref_s["median_ms"]
     drawable = pages["draw"][3]
     results = {
         "latency": {"draw": draw_s, "canvas_app": ref_s, "difference_median_ms": diff,
-                    "pass": diff <= LATENCY_BAR_MS, "read_correctly": read},
+                    "pass": diff <= LATENCY_BAR_MS, "read_correctly": read,
+                    "canvas_in_shell": shell_s, "shell_difference_median_ms": shell_diff},
         "first_visitor_drawable_s": {"draw": drawable, "canvas_app": pages["canvas"][3],
+                                     "canvas_in_shell": pages["shell"][3],
                                      "pass": drawable <= DRAWABLE_BAR_S},
         "server_rss_mb": {"draw": app_rss, "canvas_app": ref_rss, "torch_loaded": app_torch,
-                          "pass": app_rss <= RSS_BAR_MB, "first_digits": first},
+                          "pass": app_rss <= RSS_BAR_MB, "first_digits": first,
+                          "after_home": home_rss, "torch_loaded_after_home": home_torch},
     }
     ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
     print(f"pen-up -> prediction, {draw_s['n']} strokes each, alternating:")
-    for label, s in (("Draw page   ", draw_s), ("canvas app  ", ref_s)):
+    for label, s in (("Draw page   ", draw_s), ("canvas app  ", ref_s), ("  in a shell", shell_s)):
         print(f"  {label} median {s['median_ms']:6.0f} ms   p95 {s['p95_ms']:6.0f} ms   "
               f"(min {s['min_ms']:.0f}, max {s['max_ms']:.0f})")
     print(f"  difference of medians {diff:+.0f} ms (bar {LATENCY_BAR_MS} ms): {ok(diff <= LATENCY_BAR_MS)}")
-    print(f"  digits read as drawn: Draw {read['draw']}/{draw_s['n']}, canvas app {read['canvas']}/{ref_s['n']}")
+    print(f"  (the canvas app inside a multipage shell like the app's: {shell_diff:+.0f} ms; information, no bar)")
+    print(f"  digits read as drawn: Draw {read['draw']}/{draw_s['n']}, canvas app {read['canvas']}/{ref_s['n']}, "
+          f"in a shell {read['shell']}/{shell_s['n']}")
     print(f"first visitor, goto -> drawable canvas on a fresh server: {drawable:.2f} s "
-          f"(canvas app {pages['canvas'][3]:.2f} s; bar {DRAWABLE_BAR_S:.0f} s): {ok(drawable <= DRAWABLE_BAR_S)}")
+          f"(canvas app {pages['canvas'][3]:.2f} s, in a shell {pages['shell'][3]:.2f} s; bar {DRAWABLE_BAR_S:.0f} s): "
+          f"{ok(drawable <= DRAWABLE_BAR_S)}")
     print(f"server RSS after its only visitor drew 1, 7, 0 (read as {''.join(first.values())}): {app_rss:.0f} MB, "
           f"torch {'loaded' if app_torch else 'not loaded'} (canvas app {ref_rss:.0f} MB; bar {RSS_BAR_MB} MB): "
           f"{ok(app_rss <= RSS_BAR_MB)}")
+    print(f"  after the same visitor opened Home too: {home_rss:.0f} MB, torch "
+          f"{'loaded' if home_torch else 'not loaded'}")
     if args.json:
         print(json.dumps(results))
     return 0 if all(v["pass"] for v in results.values()) else 1

@@ -124,6 +124,12 @@ def test_stroke_width_and_save_sample_by_tapping(phone):
     touch_draw(cdp, canvas.bounding_box(), STROKES["1"])
     wait_for_prediction(page, want_blank=False)
     assert prediction(page) == "1"
+    # All ten label pills are on screen (they wrap), none cut off at the edge.
+    boxes = page.locator('[data-testid="stButtonGroup"]').filter(has_text="Label").locator("button").evaluate_all(
+        "bs => bs.filter(b => /^[0-9]$/.test(b.innerText.trim()))"
+        "        .map(b => { const r = b.getBoundingClientRect(); return [b.innerText.trim(), r.left, r.right]; })")
+    assert [d for d, _, _ in boxes] == [str(d) for d in range(10)], boxes
+    assert all(left >= 0 and right <= PHONE["width"] for _, left, right in boxes), boxes
     save = page.get_by_role("button", name="Save sample")
     save.tap()
     page.get_by_text("Your samples per digit").wait_for(timeout=60_000)
