@@ -78,7 +78,9 @@ def machine() -> str:
 
 def to_onnx(model: torch.nn.Module):
     """torch model -> onnx.ModelProto (opset 18, dynamic batch), via the torch.export-based exporter."""
-    model = model.to("cpu").eval()
+    # Contiguous weights: a model fresh from training is channels_last, which torch.export traces
+    # less reliably (fast's conv -> max-pool fails with a batch-1 example); the graph is the same.
+    model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
     example = torch.rand(2, 1, 28, 28)  # batch 2: a batch of 1 could be specialised into the graph
     try:
         with _quiet(), torch.no_grad():
