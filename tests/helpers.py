@@ -1,4 +1,6 @@
-"""Helpers shared by the browser tests (test_browser.py, test_reliability_browser.py):
+"""Helpers shared by several test modules (fixtures live in conftest.py).
+
+Browser tests (test_browser.py, test_reliability_browser.py):
 start `streamlit run` on a free port, wait for pages, draw with the mouse, read the
 prediction. Needs /usr/bin/chromium; without it tests skip locally and fail in CI.
 """
@@ -187,3 +189,147 @@ def clear(page) -> None:
             btn.first.click()
             return
     raise AssertionError("the canvas toolbar has no reset/clear button")
+
+
+# ------------------------------------------------------------------ AppTest helpers (the page tests)
+# Shared by every test_page_*.py and the engine tests that write IDX files; fixtures live in conftest.py.
+
+TIMEOUT = 240  # AppTest's per-run timeout: a cold page may load MNIST and start onnxruntime
+
+
+def write_idx(path: Path, arr) -> None:
+    """A gzipped IDX file (images [N,28,28] or labels [N]) holding arr as uint8."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    arr = np.asarray(arr)
+    magic = 0x0803 if arr.ndim == 3 else 0x0801
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + arr.astype(np.uint8).tobytes())
+
+
+def new_app(page: str | None = None, ws_id: str | None = None, **state):
+    """A new visitor (fresh session state) on the real app; with page, already switched to it and run.
+    ws_id: the `?ws=` the visitor's URL carries (a reload or a bookmark)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
+    if ws_id is not None:
+        at.query_params["ws"] = ws_id
+    for k, v in state.items():
+        at.session_state[k] = v
+    if page is not None:
+        at.switch_page(f"app_pages/{page}.py").run()
+    return at
+
+
+def assert_ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [a.value for kind in ("info", "warning", "success", "error") for a in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def widget(at, kind: str, label: str):
+    found = [w for w in getattr(at, kind) if w.label == label]
+    assert found, f"no {kind} labelled {label!r}: {[w.label for w in getattr(at, kind)]}"
+    return found[0]
+
+
+def button(at, label: str):
+    return widget(at, "button", label)
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def pct(text: str) -> float:
+    return float(text.rstrip("%").replace(",", ""))
+
+
+def visitor_workspace(at):
+    """The core.workspace.Workspace this AppTest visitor uses (after its first run)."""
+    return at.session_state["workspace"]
+
+
+def train_job(at):
+    """The Train page's active job (a core.jobs.Job thread)."""
+    return at.session_state["train_jobs"][at.session_state["train_active"]]
+
+
+def poll(at, until, timeout_s: float = 120, what: str = "") -> None:
+    """Rerun the page (as the live fragment would) until until(at) holds."""
+    deadline = time.monotonic() + timeout_s
+    while not until(at):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+
+
+def train_on_page(at, name: str | None = None, steps: int | None = None, epochs: int | None = None):
+    """Start a run on the Train page (at is on it), wait for it to end, rerun; -> the finished job."""
+    if epochs is not None:
+        widget(at, "number_input", "Epochs").set_value(epochs)
+    if steps is not None:
+        widget(at, "number_input", "Stop after steps").set_value(steps)
+    if name is not None:
+        widget(at, "text_input", "Run name").set_value(name)
+    button(at, "Start training").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    poll(at, lambda a: not train_job(a).running, what=f"run {name!r}")
+    at.run()
+    return train_job(at)
+
+
+def stop_jobs(at) -> None:
+    """No training or fine-tuning thread may outlive its test (or the interpreter)."""
+    for key in ("train_jobs", "ft_jobs"):
+        jobs = at.session_state[key] if key in at.session_state else {}
+        for job in jobs.values():
+            job.stop()
+            job.join(60)
+
+
+def canvas_state(rgba) -> dict:
+    """What streamlit-drawable-canvas sends back after a stroke: Fabric JSON plus a PNG data URL."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {"drawing": {"raw": {"objects": [{"type": "path"}], "background": "#000000"}, "data": url},
+            "backgroundFit": None}
+
+
+def sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def no_paths(text: str, *roots: Path) -> None:
+    """A message shown to a visitor names no folder: no absolute path, no tmp or project root."""
+    import re
+
+    assert not re.search(r"(?<![\w.:/])/(?:[\w.-]+/)+", text), f"a file-system path in a visitor message: {text!r}"
+    for r in (ROOT, Path.home(), *roots):
+        assert str(r) not in text, f"{r} in a visitor message: {text!r}"
+
+
+def small_data(mnist, n_train=2000, n_test=500):
+    """The first n_train/n_test real digits as an in-memory MNISTData (14 steps an epoch of `fast`)."""
+    from core.data import MNISTData
+
+    return MNISTData(mnist.train_images[:n_train].clone(), mnist.train_labels[:n_train].clone(),
+                     mnist.test_images[:n_test].clone(), mnist.test_labels[:n_test].clone(), "dir", "slice")
