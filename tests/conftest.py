@@ -92,6 +92,22 @@ def trained_model(trained_run):
 
 
 @pytest.fixture
+def shared_samples(monkeypatch, tmp_path) -> Path:
+    """The shared drawings folder (SampleStore's default root, data/samples, used only by the presenter
+    setting) moved to a temp dir, so a test can check what lands there without touching the project."""
+    import core.samples
+
+    root = tmp_path / "data" / "samples"
+    real_init = core.samples.SampleStore.__init__
+
+    def init(self, r=None):
+        real_init(self, root if r is None else r)
+
+    monkeypatch.setattr(core.samples.SampleStore, "__init__", init)
+    return root
+
+
+@pytest.fixture
 def fail_after(monkeypatch):
     """fail_after(calls, exc): from the calls-th training forward pass on, return NaN logits (exc None)
     or raise exc. Undone after the test."""

@@ -333,3 +333,39 @@ def small_data(mnist, n_train=2000, n_test=500):
 
     return MNISTData(mnist.train_images[:n_train].clone(), mnist.train_labels[:n_train].clone(),
                      mnist.test_images[:n_test].clone(), mnist.test_labels[:n_test].clone(), "dir", "slice")
+
+
+def encode_image(img, fmt: str = "PNG") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def photo_variants(digit) -> dict[str, bytes]:
+    """One real test digit (uint8 28x28, white on black) in every form a visitor might upload."""
+    import numpy as np
+    from PIL import Image
+
+    big = np.kron(digit, np.ones((8, 8), np.uint8))  # 224x224
+    zeros = np.zeros_like(big)
+    return {
+        "png": encode_image(Image.fromarray(big)),
+        "jpeg": encode_image(Image.fromarray(255 - big), "JPEG"),  # dark ink on white paper
+        "rgba": encode_image(Image.fromarray(np.dstack([big, big, big, np.full_like(big, 255)]), "RGBA")),
+        "palette": encode_image(Image.fromarray(big).convert("P")),
+        "16-bit": encode_image(Image.fromarray(big.astype(np.uint16) * 257)),  # PNG mode I;16
+        "16-bit paper": encode_image(Image.fromarray((65535 - big.astype(np.uint16) * 200))),  # dark ink, light paper
+        "alpha only": encode_image(Image.fromarray(np.dstack([zeros, zeros, zeros, big]), "RGBA")),
+    }
+
+
+def save_drawing(at, image, label: int) -> None:
+    """On the Draw page: draw a real digit (as the canvas returns it), label it, click Save sample."""
+    from core.preprocess import digit_to_canvas
+
+    at.session_state["canvas"] = canvas_state(digit_to_canvas(image))
+    at.run()
+    widget(at, "button_group", "Label").set_value(str(int(label)))
+    button(at, "Save sample").click().run()
