@@ -70,6 +70,14 @@ def trained_run(mnist, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def shipped():
+    """The shipped default model (exported/mnist-accurate.onnx) on onnxruntime's CPU provider."""
+    from core.inference import DEFAULT_MODEL, load_predictor
+
+    return load_predictor(DEFAULT_MODEL, prefer_gpu=False)
+
+
 @pytest.fixture
 def copy_run(trained_run, tmp_path):
     """copy_run(dest=None) -> a writable copy of trained_run (default tmp_path/"run")."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -369,3 +370,55 @@ def save_drawing(at, image, label: int) -> None:
     at.run()
     widget(at, "button_group", "Label").set_value(str(int(label)))
     button(at, "Save sample").click().run()
+
+
+# ------------------------------------------------------------------ killing a writer half-way (test_checkpoint, test_export)
+
+_SLOW_WRITER = r"""
+import os, sys, time
+from pathlib import Path
+import safetensors.torch
+def slow(blob, path):
+    # Half the bytes, on disk for real, then wait to be killed.
+    with open(path, "wb") as f:
+        f.write(blob[: len(blob) // 2]); f.flush(); os.fsync(f.fileno())
+        print("WRITING", path, flush=True)
+        time.sleep(120)
+        f.write(blob[len(blob) // 2:])
+"""
+
+_KILL_CHECKPOINT = _SLOW_WRITER + r"""
+import core.checkpoint as ck
+from core.models import ModelConfig, build_model
+ck.save_file = lambda state, path, metadata=None: slow(safetensors.torch.save(state, metadata=metadata), path)
+import torch; torch.manual_seed(2)
+ck.save_checkpoint(sys.argv[1], build_model("fast"), ModelConfig("fast"), {}, {"version": 2})
+"""
+
+_KILL_EXPORT = _SLOW_WRITER + r"""
+Path.write_bytes = lambda self, blob: slow(blob, self)
+from core.data import load_mnist
+from core.export import export_onnx
+export_onnx(sys.argv[2], sys.argv[1], data=load_mnist(sys.argv[3]))
+"""
+
+def kill_while_writing(script: str, *args, timeout: float = 180) -> str:
+    """Run script in a fresh interpreter; SIGKILL it once it is half-way through a write."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + timeout
+        line = ""
+        while not line.startswith("WRITING"):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, f"writer exited early: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "writer never started writing"
+        partial = Path(line.split(" ", 1)[1].strip())
+        assert partial.exists() and partial.stat().st_size > 0  # really mid-write
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        return str(partial)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
+from helpers import KILL_EXPORT, kill_while_writing, sha
 from core.data import MNISTData
 from core.evaluate import TorchPredictor, evaluate
 from core.export import ExportError, export_onnx, list_exported
@@ -137,3 +140,18 @@ def test_export_cli(checkpoint, mnist_dir, tmp_path, capsys):
     assert err.startswith("error:") and "no such checkpoint" in err and len(err.splitlines()) == 1
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.txt"), "--data", str(mnist_dir)]) == 1
     assert ".onnx" in capsys.readouterr().err
+
+
+@pytest.mark.reliability("kill mid-write")
+def test_kill_during_an_export_write_leaves_the_previous_model_intact(trained_run, tmp_path, mnist_dir, shipped, mnist):
+    from core.inference import DEFAULT_MODEL, load_predictor
+
+    out = tmp_path / "mine.onnx"
+    shutil.copy(DEFAULT_MODEL, out)
+    shutil.copy(DEFAULT_MODEL.with_suffix(".json"), out.with_suffix(".json"))
+    before = {p.name: sha(p) for p in tmp_path.iterdir()}
+    partial = kill_while_writing(KILL_EXPORT, out, trained_run, mnist_dir)
+    assert Path(partial).parent == tmp_path and Path(partial).name.startswith(".mine.onnx.")
+    assert {p.name: sha(p) for p in tmp_path.iterdir() if not p.name.endswith(".tmp")} == before
+    x = mnist.test_images[:200].numpy()
+    assert np.array_equal(load_predictor(out, prefer_gpu=False).predict(x), shipped.predict(x))

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from helpers import assert_ok, metric, texts, widget
+from helpers import assert_ok, metric, new_app, no_paths, texts, widget, write_idx
 
 
 def test_data_page_tabs_and_controls(app, mnist):
@@ -62,3 +63,17 @@ def test_data_page_on_the_offline_sample(offline):
     at.run()
     assert_ok(at)
     assert "PCA fitted on all 4,000 training digits" in texts(at)
+
+
+@pytest.mark.reliability("dataset files")
+def test_data_page_explains_a_broken_dataset_without_paths(app, monkeypatch, tmp_path, mnist):
+    idx_dir = tmp_path / "idx"  # a folder with only the training files
+    idx_dir.mkdir()
+    write_idx(idx_dir / "train-images-idx3-ubyte.gz", mnist.train_images[:300].numpy())
+    write_idx(idx_dir / "train-labels-idx1-ubyte.gz", mnist.train_labels[:300].numpy())
+    monkeypatch.setenv("MNIST_DIR", str(idx_dir))
+    at = new_app("data")
+    assert not at.exception
+    warning = "\n".join(w.value for w in at.warning)
+    assert "No MNIST data is available" in warning and "missing t10k-images-idx3-ubyte" in warning
+    no_paths(warning, idx_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import metric, pct, texts, widget
+from helpers import metric, pct, texts
 
 
 def test_evaluate_shows_the_runs_real_accuracy_and_the_digits_behind_a_confusion_cell(full_app, workspace_with_run,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (assert_ok, button, new_app, no_paths, poll, texts, train_job, train_on_page,
+from helpers import (assert_ok, button, no_paths, poll, texts, train_job, train_on_page,
                      visitor_workspace, widget)
 
 
