@@ -75,6 +75,7 @@ def test_reload_with_an_unknown_or_malformed_id_opens_a_fresh_workspace(app, wor
     assert list(mine.dataframe[0].value["Run"]) == ["tiny"] and not list(mine.toast)
 
 
+@pytest.mark.reliability("stop")
 def test_train_live_progress_then_stop_keeps_the_last_checkpoint(app):
     from core.checkpoint import load_checkpoint
 
