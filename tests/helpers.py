@@ -374,7 +374,7 @@ def save_drawing(at, image, label: int) -> None:
 
 # ------------------------------------------------------------------ killing a writer half-way (test_checkpoint, test_export)
 
-_SLOW_WRITER = r"""
+SLOW_WRITER = r"""
 import os, sys, time
 from pathlib import Path
 import safetensors.torch
@@ -387,7 +387,7 @@ def slow(blob, path):
         f.write(blob[len(blob) // 2:])
 """
 
-_KILL_CHECKPOINT = _SLOW_WRITER + r"""
+KILL_CHECKPOINT = SLOW_WRITER + r"""
 import core.checkpoint as ck
 from core.models import ModelConfig, build_model
 ck.save_file = lambda state, path, metadata=None: slow(safetensors.torch.save(state, metadata=metadata), path)
@@ -395,7 +395,7 @@ import torch; torch.manual_seed(2)
 ck.save_checkpoint(sys.argv[1], build_model("fast"), ModelConfig("fast"), {}, {"version": 2})
 """
 
-_KILL_EXPORT = _SLOW_WRITER + r"""
+KILL_EXPORT = SLOW_WRITER + r"""
 Path.write_bytes = lambda self, blob: slow(blob, self)
 from core.data import load_mnist
 from core.export import export_onnx

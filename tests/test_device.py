@@ -26,5 +26,6 @@ def test_no_gpu_means_cpu_everywhere_with_a_notice(app, monkeypatch, mnist):
     for page in ("draw", "train"):
         at = app(page)
         notice = "\n".join(c.value for c in at.caption)
-        assert "CPU (no GPU found; everything runs on the CPU)" in notice, page
+        # the sidebar's device line: "**Device:** CPU, 2 cores (no GPU found; everything runs on the CPU)"
+        assert "**Device:** CPU" in notice and "(no GPU found; everything runs on the CPU)" in notice, (page, notice)
     assert widget(at, "selectbox", "Device").options == ["auto", "cpu"]

