@@ -1,4 +1,6 @@
-"""Helpers shared by the browser tests (test_browser.py, test_reliability_browser.py):
+"""Helpers shared by several test modules (fixtures live in conftest.py).
+
+Browser tests (test_browser.py, test_reliability_browser.py):
 start `streamlit run` on a free port, wait for pages, draw with the mouse, read the
 prediction. Needs /usr/bin/chromium; without it tests skip locally and fail in CI.
 """
@@ -6,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -187,3 +190,235 @@ def clear(page) -> None:
             btn.first.click()
             return
     raise AssertionError("the canvas toolbar has no reset/clear button")
+
+
+# ------------------------------------------------------------------ AppTest helpers (the page tests)
+# Shared by every test_page_*.py and the engine tests that write IDX files; fixtures live in conftest.py.
+
+TIMEOUT = 240  # AppTest's per-run timeout: a cold page may load MNIST and start onnxruntime
+
+
+def write_idx(path: Path, arr) -> None:
+    """A gzipped IDX file (images [N,28,28] or labels [N]) holding arr as uint8."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    arr = np.asarray(arr)
+    magic = 0x0803 if arr.ndim == 3 else 0x0801
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + arr.astype(np.uint8).tobytes())
+
+
+def new_app(page: str | None = None, ws_id: str | None = None, **state):
+    """A new visitor (fresh session state) on the real app; with page, already switched to it and run.
+    ws_id: the `?ws=` the visitor's URL carries (a reload or a bookmark)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
+    if ws_id is not None:
+        at.query_params["ws"] = ws_id
+    for k, v in state.items():
+        at.session_state[k] = v
+    if page is not None:
+        at.switch_page(f"app_pages/{page}.py").run()
+    return at
+
+
+def assert_ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [a.value for kind in ("info", "warning", "success", "error") for a in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def widget(at, kind: str, label: str):
+    found = [w for w in getattr(at, kind) if w.label == label]
+    assert found, f"no {kind} labelled {label!r}: {[w.label for w in getattr(at, kind)]}"
+    return found[0]
+
+
+def button(at, label: str):
+    return widget(at, "button", label)
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def pct(text: str) -> float:
+    return float(text.rstrip("%").replace(",", ""))
+
+
+def visitor_workspace(at):
+    """The core.workspace.Workspace this AppTest visitor uses (after its first run)."""
+    return at.session_state["workspace"]
+
+
+def train_job(at):
+    """The Train page's active job (a core.jobs.Job thread)."""
+    return at.session_state["train_jobs"][at.session_state["train_active"]]
+
+
+def poll(at, until, timeout_s: float = 120, what: str = "") -> None:
+    """Rerun the page (as the live fragment would) until until(at) holds."""
+    deadline = time.monotonic() + timeout_s
+    while not until(at):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+
+
+def train_on_page(at, name: str | None = None, steps: int | None = None, epochs: int | None = None):
+    """Start a run on the Train page (at is on it), wait for it to end, rerun; -> the finished job."""
+    if epochs is not None:
+        widget(at, "number_input", "Epochs").set_value(epochs)
+    if steps is not None:
+        widget(at, "number_input", "Stop after steps").set_value(steps)
+    if name is not None:
+        widget(at, "text_input", "Run name").set_value(name)
+    button(at, "Start training").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    poll(at, lambda a: not train_job(a).running, what=f"run {name!r}")
+    at.run()
+    return train_job(at)
+
+
+def stop_jobs(at) -> None:
+    """No training or fine-tuning thread may outlive its test (or the interpreter)."""
+    for key in ("train_jobs", "ft_jobs"):
+        jobs = at.session_state[key] if key in at.session_state else {}
+        for job in jobs.values():
+            job.stop()
+            job.join(60)
+
+
+def canvas_state(rgba) -> dict:
+    """What streamlit-drawable-canvas sends back after a stroke: Fabric JSON plus a PNG data URL."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {"drawing": {"raw": {"objects": [{"type": "path"}], "background": "#000000"}, "data": url},
+            "backgroundFit": None}
+
+
+def sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def no_paths(text: str, *roots: Path) -> None:
+    """A message shown to a visitor names no folder: no absolute path, no tmp or project root."""
+    import re
+
+    assert not re.search(r"(?<![\w.:/])/(?:[\w.-]+/)+", text), f"a file-system path in a visitor message: {text!r}"
+    for r in (ROOT, Path.home(), *roots):
+        assert str(r) not in text, f"{r} in a visitor message: {text!r}"
+
+
+def small_data(mnist, n_train=2000, n_test=500):
+    """The first n_train/n_test real digits as an in-memory MNISTData (14 steps an epoch of `fast`)."""
+    from core.data import MNISTData
+
+    return MNISTData(mnist.train_images[:n_train].clone(), mnist.train_labels[:n_train].clone(),
+                     mnist.test_images[:n_test].clone(), mnist.test_labels[:n_test].clone(), "dir", "slice")
+
+
+def encode_image(img, fmt: str = "PNG") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def photo_variants(digit) -> dict[str, bytes]:
+    """One real test digit (uint8 28x28, white on black) in every form a visitor might upload."""
+    import numpy as np
+    from PIL import Image
+
+    big = np.kron(digit, np.ones((8, 8), np.uint8))  # 224x224
+    zeros = np.zeros_like(big)
+    return {
+        "png": encode_image(Image.fromarray(big)),
+        "jpeg": encode_image(Image.fromarray(255 - big), "JPEG"),  # dark ink on white paper
+        "rgba": encode_image(Image.fromarray(np.dstack([big, big, big, np.full_like(big, 255)]), "RGBA")),
+        "palette": encode_image(Image.fromarray(big).convert("P")),
+        "16-bit": encode_image(Image.fromarray(big.astype(np.uint16) * 257)),  # PNG mode I;16
+        "16-bit paper": encode_image(Image.fromarray((65535 - big.astype(np.uint16) * 200))),  # dark ink, light paper
+        "alpha only": encode_image(Image.fromarray(np.dstack([zeros, zeros, zeros, big]), "RGBA")),
+    }
+
+
+def save_drawing(at, image, label: int) -> None:
+    """On the Draw page: draw a real digit (as the canvas returns it), label it, click Save sample."""
+    from core.preprocess import digit_to_canvas
+
+    at.session_state["canvas"] = canvas_state(digit_to_canvas(image))
+    at.run()
+    widget(at, "button_group", "Label").set_value(str(int(label)))
+    button(at, "Save sample").click().run()
+
+
+# ------------------------------------------------------------------ killing a writer half-way (test_checkpoint, test_export)
+
+SLOW_WRITER = r"""
+import os, sys, time
+from pathlib import Path
+import safetensors.torch
+def slow(blob, path):
+    # Half the bytes, on disk for real, then wait to be killed.
+    with open(path, "wb") as f:
+        f.write(blob[: len(blob) // 2]); f.flush(); os.fsync(f.fileno())
+        print("WRITING", path, flush=True)
+        time.sleep(120)
+        f.write(blob[len(blob) // 2:])
+"""
+
+KILL_CHECKPOINT = SLOW_WRITER + r"""
+import core.checkpoint as ck
+from core.models import ModelConfig, build_model
+ck.save_file = lambda state, path, metadata=None: slow(safetensors.torch.save(state, metadata=metadata), path)
+import torch; torch.manual_seed(2)
+ck.save_checkpoint(sys.argv[1], build_model("fast"), ModelConfig("fast"), {}, {"version": 2})
+"""
+
+KILL_EXPORT = SLOW_WRITER + r"""
+Path.write_bytes = lambda self, blob: slow(blob, self)
+from core.data import load_mnist
+from core.export import export_onnx
+export_onnx(sys.argv[2], sys.argv[1], data=load_mnist(sys.argv[3]))
+"""
+
+def kill_while_writing(script: str, *args, timeout: float = 180) -> str:
+    """Run script in a fresh interpreter; SIGKILL it once it is half-way through a write."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + timeout
+        line = ""
+        while not line.startswith("WRITING"):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, f"writer exited early: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "writer never started writing"
+        partial = Path(line.split(" ", 1)[1].strip())
+        assert partial.exists() and partial.stat().st_size > 0  # really mid-write
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        return str(partial)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def cli(*args, env=None):
@@ -15,6 +15,7 @@ def cli(*args, env=None):
 
 @pytest.fixture(scope="module")
 def trained(mnist_dir, tmp_path_factory):
+    """`python -m core train` itself, as a user runs it: what test_train_json_last_line checks."""
     out = tmp_path_factory.mktemp("cli") / "run"
     r = cli("train", "--model", "fast", "--max-steps", "60", "--lr", "0.05", "--data", mnist_dir,
             "--out", out, "--json", "--device", "cpu")
@@ -34,13 +35,12 @@ def test_train_json_last_line(trained):
     assert "Traceback" not in r.stderr
 
 
-def test_evaluate_json(trained, mnist_dir):
-    _, out = trained
-    r = cli("evaluate", out, "--data", mnist_dir, "--json")
+def test_evaluate_json(trained_run, mnist_dir):
+    r = cli("evaluate", trained_run, "--data", mnist_dir, "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    train_res = json.loads(trained[0].stdout.strip().splitlines()[-1])
-    assert res["n"] == 10000 and res["test_acc"] == pytest.approx(train_res["test_acc"], abs=0.02)
+    train_acc = json.loads((trained_run / "run.json").read_text())["metrics"]["test_acc"]  # a fraction
+    assert res["n"] == 10000 and res["test_acc"] == pytest.approx(100 * train_acc, abs=0.02)  # percent
     assert len(res["per_class"]) == 10 and len(res["confusion"]) == 10
 
 

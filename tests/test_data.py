@@ -1,6 +1,7 @@
 """IDX parsing, source discovery, validation split and augmentation, on real MNIST."""
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from core import data as D
 from core.augment import AugmentConfig, augment
+from helpers import sha, write_idx
 
 
 def _write_idx(path, arr, magic=None, gz=False):
@@ -151,3 +153,71 @@ def test_augment_keeps_shape_range_and_is_seeded(mnist):
     ratio = y1.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert ratio.min() > 0.1 and ratio.max() < 3.0
     assert 0.7 < ratio.median() < 1.4
+
+
+# ============================================================== bad dataset files (README: Reliability)
+
+@pytest.fixture
+def idx_dir(mnist, tmp_path) -> Path:
+    """A good IDX folder (real digits); tests break one file at a time."""
+    d = tmp_path / "idx"
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte.gz", mnist.train_images[:300].numpy())
+    write_idx(d / "train-labels-idx1-ubyte.gz", mnist.train_labels[:300].numpy())
+    write_idx(d / "t10k-images-idx3-ubyte.gz", mnist.test_images[:100].numpy())
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", mnist.test_labels[:100].numpy())
+    return d
+
+
+def _raw(path: Path) -> bytes:
+    import gzip
+
+    return gzip.decompress(path.read_bytes())
+
+
+def _break_truncated(d):
+    p = d / "train-images-idx3-ubyte.gz"
+    p.write_bytes(_raw(p)[:-1000])  # unpacked, and 1,000 bytes short
+    p.rename(d / "train-images-idx3-ubyte")
+
+
+def _break_magic(d):
+    p = d / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(_raw(p))
+    raw[0:4] = (0x00000803).to_bytes(4, "big")  # an image magic on a label file
+    p.unlink()
+    (d / "t10k-labels-idx1-ubyte").write_bytes(bytes(raw))
+
+
+def _break_counts(d, mnist):
+    (d / "train-labels-idx1-ubyte.gz").unlink()
+    write_idx(d / "train-labels-idx1-ubyte.gz", mnist.train_labels[:299].numpy())
+
+
+def _break_empty(d):
+    (d / "t10k-images-idx3-ubyte.gz").unlink()
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+
+
+def _break_partial(d):
+    (d / "t10k-images-idx3-ubyte.gz").unlink()
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+
+
+@pytest.mark.reliability("dataset files")
+@pytest.mark.parametrize("case, expected", [
+    ("truncated", r"train-images-idx3-ubyte: truncated: header promises \(300, 28, 28\)"),
+    ("wrong magic", r"t10k-labels-idx1-ubyte: magic 0x00000803 is not a label file"),
+    ("count mismatch", r"has 300 images but train-labels-idx1-ubyte.gz has 299 labels"),
+    ("empty", r"t10k-images-idx3-ubyte.gz: file is empty"),
+    ("partial folder", r"missing t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
+])
+def test_bad_dataset_files_give_specific_errors_and_stay_untouched(idx_dir, mnist, case, expected):
+    from core.data import DataError, load_mnist
+
+    {"truncated": _break_truncated, "wrong magic": _break_magic, "empty": _break_empty,
+     "partial folder": _break_partial, "count mismatch": lambda d: _break_counts(d, mnist)}[case](idx_dir)
+    before = {p.name: sha(p) for p in idx_dir.iterdir()}
+    with pytest.raises(DataError, match=expected):
+        load_mnist(idx_dir)  # an explicit folder never falls back silently to another source
+    assert {p.name: sha(p) for p in idx_dir.iterdir()} == before  # read-only: nothing changed or added

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,29 +12,16 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
-from core.data import MNISTData
+from helpers import KILL_EXPORT, kill_while_writing, sha
 from core.evaluate import TorchPredictor, evaluate
 from core.export import ExportError, export_onnx, list_exported
 from core.inference import load_predictor
-from core.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, mnist):
-    """A fast model trained for 100 steps on 20,000 real digits (~95%): quick, and far from random."""
-    run = tmp_path_factory.mktemp("run")
-    small = MNISTData(mnist.train_images[:20_000], mnist.train_labels[:20_000], mnist.test_images,
-                      mnist.test_labels, mnist.source, "first 20,000 training digits")
-    cfg = TrainConfig.preset("fast", max_steps=100, batch_size=64, val_size=1000, device="cpu")
-    done = [ev for ev in train(cfg, small, run_dir=run) if ev["event"] == "done"][0]
-    assert done["test_acc"] > 0.9
-    return run
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, mnist, tmp_path_factory):
+def exported(trained_run, mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("exported") / "mnist-test.onnx"
-    card = export_onnx(checkpoint, out, data=mnist, fp16=True, int8=True)
+    card = export_onnx(trained_run, out, data=mnist, fp16=True, int8=True)
     return out, card
 
 
@@ -52,13 +41,13 @@ def test_graph_contract(exported):
     assert 0.9 < float(props["test_accuracy"]) <= 1.0
 
 
-def test_parity_with_torch_on_real_digits(exported, checkpoint, mnist):
+def test_parity_with_torch_on_real_digits(exported, trained_run, mnist):
     """Independent of the card: our own onnxruntime session vs the torch checkpoint."""
     path, card = exported
     x = (mnist.test_images[:2000].numpy().astype(np.float32) / 255)[:, None]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"image": x})[0]
-    want = TorchPredictor(load_checkpoint(checkpoint).model).logits(x)
+    want = TorchPredictor(load_checkpoint(trained_run).model).logits(x)
     assert np.abs(got - want).max() <= 1e-4
     assert (got.argmax(1) == want.argmax(1)).all()
     for n in (1, 37):  # the batch really is dynamic
@@ -67,13 +56,13 @@ def test_parity_with_torch_on_real_digits(exported, checkpoint, mnist):
     assert p["passed"] and p["n"] == 10_000 and p["max_abs_dlogit"] <= 1e-4 and p["argmax_identical"]
 
 
-def test_card_matches_the_file_and_evaluation(exported, checkpoint, mnist):
+def test_card_matches_the_file_and_evaluation(exported, trained_run, mnist):
     path, card = exported
     on_disk = json.loads(path.with_suffix(".json").read_text())
     assert on_disk == json.loads(json.dumps(card))
     assert card["size_bytes"] == path.stat().st_size and card["opset"] >= 18
     onnx_report = evaluate(load_predictor(path), mnist.test_images, mnist.test_labels)
-    torch_report = evaluate(load_checkpoint(checkpoint).model, mnist.test_images, mnist.test_labels)
+    torch_report = evaluate(load_checkpoint(trained_run).model, mnist.test_images, mnist.test_labels)
     assert card["accuracy"] == pytest.approx(onnx_report["accuracy"], abs=1e-9)
     assert abs(onnx_report["accuracy"] - torch_report["accuracy"]) <= 1e-4  # evaluate() takes either
     assert card["data"]["test_size"] == 10_000
@@ -99,14 +88,14 @@ def test_fp16_and_int8_variants(exported, mnist):
     assert all(c["path"].endswith(".onnx") for c in cards)
 
 
-def test_failed_parity_writes_nothing(checkpoint, mnist, tmp_path, monkeypatch):
+def test_failed_parity_writes_nothing(trained_run, mnist, tmp_path, monkeypatch):
     """If the graph does not compute what the checkpoint does, the old file stays and no card appears."""
     import core.export as ex
 
     real = ex.to_onnx
 
     def drifted(model):
-        bad = load_checkpoint(checkpoint).model
+        bad = load_checkpoint(trained_run).model
         with torch.no_grad():
             bad.groups["head"][-1].bias.add_(1e-2)
         return real(bad)
@@ -115,17 +104,17 @@ def test_failed_parity_writes_nothing(checkpoint, mnist, tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous version")
     with pytest.raises(ExportError, match="parity check failed"):
-        export_onnx(checkpoint, out, data=mnist)
+        export_onnx(trained_run, out, data=mnist)
     assert out.read_bytes() == b"previous version"
     assert not out.with_suffix(".json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp files left behind
 
 
-def test_export_cli(checkpoint, mnist_dir, tmp_path, capsys):
+def test_export_cli(trained_run, mnist_dir, tmp_path, capsys):
     from core.cli import main
 
     out = tmp_path / "cli.onnx"
-    assert main(["export", str(checkpoint), "--out", str(out), "--data", str(mnist_dir), "--json"]) == 0
+    assert main(["export", str(trained_run), "--out", str(out), "--data", str(mnist_dir), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     parity = next(line for line in lines if line.startswith("parity vs torch"))
     assert "10,000 test digits" in parity and parity.endswith("PASS")
@@ -135,5 +124,20 @@ def test_export_cli(checkpoint, mnist_dir, tmp_path, capsys):
     assert main(["export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "x.onnx")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no such checkpoint" in err and len(err.splitlines()) == 1
-    assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.txt"), "--data", str(mnist_dir)]) == 1
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "x.txt"), "--data", str(mnist_dir)]) == 1
     assert ".onnx" in capsys.readouterr().err
+
+
+@pytest.mark.reliability("kill mid-write")
+def test_kill_during_an_export_write_leaves_the_previous_model_intact(trained_run, tmp_path, mnist_dir, shipped, mnist):
+    from core.inference import DEFAULT_MODEL, load_predictor
+
+    out = tmp_path / "mine.onnx"
+    shutil.copy(DEFAULT_MODEL, out)
+    shutil.copy(DEFAULT_MODEL.with_suffix(".json"), out.with_suffix(".json"))
+    before = {p.name: sha(p) for p in tmp_path.iterdir()}
+    partial = kill_while_writing(KILL_EXPORT, out, trained_run, mnist_dir)
+    assert Path(partial).parent == tmp_path and Path(partial).name.startswith(".mine.onnx.")
+    assert {p.name: sha(p) for p in tmp_path.iterdir() if not p.name.endswith(".tmp")} == before
+    x = mnist.test_images[:200].numpy()
+    assert np.array_equal(load_predictor(out, prefer_gpu=False).predict(x), shipped.predict(x))

@@ -13,17 +13,13 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.finetune import FinetuneConfig, finetune, freeze_groups, pretrain_base, resolve_groups
 from core.targets import NEW_CLASSES, build_target
-from core.train import TrainConfig, train
+from core.train import TrainConfig
 
 
 @pytest.fixture(scope="session")
-def base_dir(mnist, tmp_path_factory):
-    """A `fast` model pretrained on full MNIST for 350 steps (about 98% test accuracy)."""
-    out = tmp_path_factory.mktemp("ft-base")
-    cfg = TrainConfig.preset("fast", max_steps=350, device="cpu", seed=0)
-    done = [ev for ev in train(cfg, mnist, run_dir=out) if ev["event"] == "done"][0]
-    assert done["test_acc"] > 0.97
-    return out
+def base_dir(trained_run):
+    """The session's trained_run as the base: `fast` after 150 steps on full MNIST (about 98%)."""
+    return trained_run
 
 
 def _run(cfg: FinetuneConfig, base, data, run_dir=None) -> tuple[list[dict], dict]:
@@ -128,11 +124,17 @@ def test_every_target_builds_with_disjoint_splits(mnist, tmp_path):
             build_target(bad, mnist)
 
 
-def test_default_scenario_finetune_beats_scratch_by_10_points(base_dir, mnist):
-    """Pretrained on full MNIST, target inverted, K=10 per class, the same 200-step budget."""
+def test_default_scenario_finetune_beats_scratch_by_10_points(mnist):
+    """Pretrained on full MNIST, target inverted, K=10 per class, the same 200-step budget. The base is
+    the shipped mnist-fast (1 epoch, 99.2%) as the Fine-tune page rebuilds it from its ONNX file: the
+    README's measured scenario (the session's 150-step trained_run gains 9.9 points, under the bar)."""
+    from core.inference import EXPORT_DIR
+    from core.insights import checkpoint_for
+
+    base = checkpoint_for(EXPORT_DIR / "mnist-fast.onnx", "cpu", calibration=mnist.train_images[:2048])
     cfg = FinetuneConfig.recommended("inverted", device="cpu", eval_every=1000)  # what the CLI runs
     assert cfg.shots == 10 and cfg.max_steps == 200 and cfg.baseline
-    events, r = _run(cfg, base_dir, mnist)
+    events, r = _run(cfg, base, mnist)
     phases = [e for e in events if e["event"] == "phase"]
     assert [(p["phase"], p["total_steps"]) for p in phases] == [("finetune", 200), ("scratch", 200)]
     assert r["test_size"] == 10_000 and r["train_size"] == 100 and r["frozen_groups"] == ["block3", "head"]

@@ -18,6 +18,7 @@ from core.inference import (CPU, CUDA, DEFAULT_MODEL, EXPORT_DIR, ModelError, ch
 from core.preprocess import digit_to_canvas
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
 
 FAST = EXPORT_DIR / "mnist-fast.onnx"
 BARS = {DEFAULT_MODEL: 0.995, FAST: 0.985}  # test accuracy through onnxruntime, full 10,000 digits
@@ -209,3 +210,95 @@ def test_predict_cli_as_a_real_process(tmp_path, mnist):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["results"][0]["digit"] == int(mnist.test_labels[1])
     assert "Warning" not in proc.stderr and "W:onnxruntime" not in proc.stderr  # no provider warning spam
+
+
+# ============================================================== bad model files, canvases, load (README: Reliability)
+
+def _onnx_model(in_shape, out_shape, path: Path) -> Path:
+    """A valid ONNX graph with the given input/output shapes (None = dynamic)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape)
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)
+    n_in = int(np.prod([d for d in in_shape[1:]]))
+    w = helper.make_tensor("w", TensorProto.FLOAT, [n_in, out_shape[1]], np.zeros(n_in * out_shape[1], np.float32))
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], np.array([-1, n_in], np.int64))
+    graph = helper.make_graph([helper.make_node("Reshape", ["image", "shape"], ["flat"]),
+                               helper.make_node("MatMul", ["flat", "w"], ["logits"])], "g", [x], [y], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.reliability("bad onnx")
+@pytest.mark.reliability("oversized model files")
+def test_bad_onnx_files_are_refused_with_the_reason(tmp_path, trained_run):
+    from core.inference import MAX_MODEL_BYTES, ModelError, load_predictor
+
+    cases = {
+        "notes.onnx": (b"this is a text file, not a graph\n" * 20, r"notes.onnx: not a loadable ONNX model"),
+        "empty.onnx": (b"", r"empty.onnx: empty file"),
+        "ckpt.onnx": ((trained_run / "model.safetensors").read_bytes(), r"ckpt.onnx: not a loadable ONNX model"),
+    }
+    for name, (blob, msg) in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ModelError, match=msg):
+            load_predictor(tmp_path / name)
+    with pytest.raises(ModelError, match="PyTorch checkpoint, not an ONNX model"):
+        load_predictor(trained_run / "model.safetensors")
+    wrong_in = _onnx_model([None, 3, 32, 32], [None, 10], tmp_path / "cifar.onnx")
+    with pytest.raises(ModelError, match=r"cifar.onnx: input 'image' is tensor\(float\) .*takes float32 \[N,1,28,28\]"):
+        load_predictor(wrong_in)
+    wrong_out = _onnx_model([None, 1, 28, 28], [None, 5], tmp_path / "five.onnx")
+    with pytest.raises(ModelError, match=r"five.onnx: output 'logits' .*returns logits \[N,10\]"):
+        load_predictor(wrong_out)
+    # Over the size limit: refused from its size alone (a sparse file: nothing is parsed or even read).
+    huge = tmp_path / "huge.onnx"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_MODEL_BYTES + 1)
+    with pytest.raises(ModelError, match=r"huge.onnx: 64.0 MB is over the 64 MB limit"):
+        load_predictor(huge)
+
+
+@pytest.mark.reliability("canvas")
+def test_canvas_edge_cases_give_no_digit_with_a_reason(shipped):
+    from core.inference import predict_canvas
+
+    cases = {
+        "all transparent": (np.zeros((280, 280, 4), np.uint8), "canvas is empty"),
+        "all ink": (np.full((280, 280, 4), 255, np.uint8), "covered in ink"),
+        "all NaN": (np.full((280, 280, 4), np.nan, np.float32), "invalid (not a number)"),
+        "NaN and inf": (np.where(np.eye(280, dtype=bool)[..., None], np.inf, np.nan).repeat(4, 2).astype(np.float32),
+                        "invalid (not a number)"),
+    }
+    for name, (rgba, reason) in cases.items():
+        out = predict_canvas(shipped, rgba)
+        assert out["blank"] and out["digit"] is None and out["probs"] is None, name
+        assert reason in out["reason"], (name, out["reason"])
+    with pytest.raises(ValueError, match=r"expected a canvas image of shape \[H,W,4\]"):
+        predict_canvas(shipped, np.zeros((5,), np.uint8))
+
+
+@pytest.mark.reliability("32 threads")
+def test_load_32_threads_share_one_session(mnist):
+    from core.bench import load_test
+    from core.inference import DEFAULT_MODEL, load_predictor
+
+    pred = load_predictor(DEFAULT_MODEL)  # the one session the app shares between visitors
+    threads, per_thread = 32, 200
+    images = mnist.test_images[:threads * per_thread].numpy()
+    solo = np.concatenate([pred.predict(images[i:i + 1]) for i in range(len(images))])  # single-threaded
+    r = load_test(pred, images, threads, per_thread)
+    assert r["errors"] == []
+    expected = solo.reshape(threads, per_thread, 10)
+    same = np.all(r["probs"] == expected, axis=2)
+    assert same.all(), f"{(~same).sum()} of {same.size} predictions differ from the single-threaded result"
+    summary = {k: r[k] for k in ("threads", "per_thread", "p50_ms", "p95_ms", "throughput", "wall_s")}
+    summary.update(provider=pred.provider, model=pred.name)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "reliability-load.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nload: {threads} threads x {per_thread} predictions on one {pred.provider} session: "
+          f"p50 {r['p50_ms']:.3f} ms, p95 {r['p95_ms']:.3f} ms, {r['throughput']:,.0f} predictions/s")

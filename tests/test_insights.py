@@ -9,16 +9,13 @@ import torch
 
 from core import insights as I
 from core.models import build_model
-from core.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def trained(mnist):
-    """A `fast` CNN after 150 steps on real MNIST (~97% test accuracy)."""
-    cfg = TrainConfig.preset("fast", max_steps=150, val_size=0, device="cpu")
-    done = [ev for ev in train(cfg, mnist) if ev["event"] == "done"][0]
-    assert done["test_acc"] > 0.95
-    return done["model_obj"].eval()
+def trained(trained_model):
+    """The session's trained_run model: `fast` after 150 steps on real MNIST (about 98% test accuracy).
+    The faithfulness bars below were measured on a model trained exactly so."""
+    return trained_model
 
 
 def test_first_layer_filters_are_the_first_weights():

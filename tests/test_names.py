@@ -44,3 +44,31 @@ def test_unique_name_suffixes_taken_names():
     first = unique_name(long, set())
     second = unique_name(long, {first})
     assert second != first and len(second) <= MAX_LEN and second.endswith("-2")
+
+
+NASTY = ["../../etc/passwd", "/etc/passwd", "/tmp/../../root/.ssh/id_rsa", "..", ".hidden", "C:\\Windows\\x",
+         "a/../../b", "run\x00name", "x" * 500, "Mon modèle №1", "数字モデル", "\u202egnp.exe", "con",
+         "--rm -rf", "~/.bashrc", "%2e%2e%2fetc"]
+
+
+@pytest.mark.reliability("names")
+def test_names_never_escape_their_folder(tmp_path):
+    from core.names import MAX_LEN, safe_name, unique_name
+
+    base = (tmp_path / "runs").resolve()
+    for raw in NASTY:
+        try:
+            name = safe_name(raw)
+        except ValueError as e:  # nothing usable left: refused, with what is allowed
+            assert "no letters or digits" in str(e) and raw in ("..",), (raw, e)
+            continue
+        assert "/" not in name and "\\" not in name and "\x00" not in name and ".." not in name, (raw, name)
+        assert not name.startswith((".", "-")) and 1 <= len(name) <= MAX_LEN, (raw, name)
+        assert (base / name).resolve().parent == base, (raw, name)
+    assert safe_name("Mon modèle №1") == "Mon-modèle-No1" and safe_name("数字モデル") == "数字モデル"
+    for raw in ("", "../..", "///", "\u202e"):
+        with pytest.raises(ValueError, match="no letters or digits"):
+            safe_name(raw)
+    taken = {"etc-passwd"}
+    assert unique_name("../../etc/passwd", taken) == "etc-passwd-2"  # in use: a new name, never an overwrite
+    assert unique_name("x" * 500, {"x" * MAX_LEN}) == "x" * (MAX_LEN - 2) + "-2"

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from core.preprocess import digit_to_canvas, preprocess_canvas, preprocess_photo
+from helpers import encode_image, photo_variants
 
 STEP_NAMES = ["ink", "cropped", "scaled 20x20", "centered 28x28"]
 
@@ -158,3 +159,52 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
     bad.write_text("not an image")
     with pytest.raises(ValueError, match="notes.png: not a readable PNG/JPEG"):
         preprocess_photo(bad)
+
+
+# ============================================================== uploads (README: Reliability)
+
+@pytest.mark.reliability("uploads read")
+def test_uploaded_images_of_every_kind_are_read_correctly(shipped, mnist, tmp_path):
+    from core.inference import predict_image
+
+    wrong = []
+    for i in range(4):
+        digit, label = mnist.test_images[i].numpy(), int(mnist.test_labels[i])
+        for kind, blob in photo_variants(digit).items():
+            r = predict_image(shipped, blob)
+            if r["blank"] or r["digit"] != label:
+                wrong.append((i, kind, label, r["digit"], r["reason"]))
+    assert not wrong, wrong
+    # A JPEG saved as .png (or any wrong extension): read by content, not by name.
+    digit = mnist.test_images[0].numpy()
+    misnamed = tmp_path / "photo.png"
+    misnamed.write_bytes(photo_variants(digit)["jpeg"])
+    r = predict_image(shipped, misnamed)
+    assert not r["blank"] and r["digit"] == int(mnist.test_labels[0]), r["reason"]
+
+
+@pytest.mark.reliability("uploads refused")
+def test_bad_uploads_are_refused_without_decoding(monkeypatch, tmp_path):
+    from PIL import ImageFile
+
+    from core.preprocess import preprocess_photo
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    bomb = encode_image(Image.new("1", (10_000, 10_000), 1))  # ~13 KB that inflates to 100 million pixels
+    assert len(bomb) < 100_000
+    with pytest.raises(ValueError, match=r"10,000x10,000 pixels is over the 40-megapixel limit"):
+        preprocess_photo(bomb)
+    assert (10_000, 10_000) not in decoded  # refused from the header: never decompressed
+    with pytest.raises(ValueError, match=r"empty file \(0 bytes\)"):
+        preprocess_photo(b"")
+    with pytest.raises(ValueError, match="not a readable PNG/JPEG image"):
+        preprocess_photo(b"%PDF-1.4 definitely not a picture")
+    gif = tmp_path / "digit.png"  # a GIF with a .png name: only PNG and JPEG decoders are exposed
+    Image.new("L", (28, 28)).save(gif, format="GIF")
+    with pytest.raises(ValueError, match="digit.png: not a readable PNG/JPEG image"):
+        preprocess_photo(gif)
+    truncated = encode_image(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), np.uint8)))[:3000]
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        preprocess_photo(truncated)

@@ -23,7 +23,6 @@ import pytest
 
 from helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, IDLE_JS, IDLE_POLL_MS, IDLE_RESET_JS, PAGE_S, STROKES,
                      idle_timeout_message, require_chromium, streamlit_server)
-from test_app_c1 import small_mnist_dir  # noqa: F401 - 2,000 real training digits: epochs of 14 steps
 
 DRAWERS = 5
 PREDICTION_JS = """() => { const m = [...document.querySelectorAll('[data-testid="stMetric"]')]
@@ -165,6 +164,9 @@ async def _scenario(url: str) -> dict:
             "other_draw": other_draw, "other_train": other_train}
 
 
+@pytest.mark.reliability("concurrent open")
+@pytest.mark.reliability("concurrent drawing")
+@pytest.mark.reliability("visitor isolation")
 def test_five_visitors_draw_while_a_sixth_trains(app_url):
     r = asyncio.run(_scenario(app_url))
     for menu in r["menus"]:

@@ -1,5 +1,7 @@
 """Training on real MNIST: loss goes down, accuracy bar, determinism, checkpoints, divergence."""
 import json
+import logging
+import re
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.evaluate import TorchPredictor, evaluate
 from core.models import Fast, ModelConfig, build_model
 from core.train import TrainConfig, TrainingDiverged, lr_factor, train
+from helpers import small_data
 
 
 def subset(mnist, n_train=6000, n_test=2000):
@@ -122,20 +125,6 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(mnist, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
 
 
-def test_stop_mid_epoch_keeps_last_completed_checkpoint(mnist, tmp_path):
-    small = subset(mnist, 3000, 500)
-    cfg = TrainConfig.preset("fast", epochs=2, device="cpu", val_size=300, batch_size=100)
-    saved = None
-    for ev in train(cfg, small, tmp_path / "run"):
-        if ev["event"] == "epoch":
-            saved = (tmp_path / "run" / "model.safetensors").read_bytes()
-        if ev["event"] == "step" and ev["epoch"] == 2 and ev["step"] == 35:
-            break  # the visitor pressed Stop
-    assert saved is not None
-    assert (tmp_path / "run" / "model.safetensors").read_bytes() == saved
-    assert load_checkpoint(tmp_path / "run").metrics["epoch"] == 1
-
-
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("lr", 1e6), ("batch_size", 0), ("batch_size", 10**6),
                                          ("epochs", 0), ("model", "resnet"), ("device", "tpu")])
 def test_bad_hyperparameters_refused_with_range(field, value):
@@ -177,3 +166,128 @@ def test_total_steps_is_what_fit_runs(mnist, epochs, max_steps):
     events, done = run(cfg, data)
     steps = [e for e in events if e["event"] == "step"]
     assert steps[-1]["step"] == steps[-1]["total_steps"] == total_steps(cfg, 900) == done["step"]
+
+
+# ============================================================== limits and faults (README: Reliability)
+
+@pytest.mark.reliability("hyperparameters")
+@pytest.mark.parametrize("field, value, allowed", [
+    ("lr", 0.0, "[1e-06, 10]"), ("lr", 1e6, "[1e-06, 10]"), ("lr", float("nan"), "[1e-06, 10]"),
+    ("batch_size", 0, "[1, 8192]"), ("batch_size", 10**6, "[1, 8192]"), ("epochs", 0, "[1, 100000]"),
+])
+def test_bad_hyperparameters_are_refused_up_front(mnist, tmp_path, field, value, allowed):
+    from core.train import TrainConfig, train
+
+    cfg = TrainConfig.preset("fast", **{field: value})
+    with pytest.raises(ValueError, match=re.escape(f"{field} must be in {allowed}, got {value!r}")):
+        next(train(cfg, mnist, run_dir=tmp_path / "run"))  # before the first event: no work, no files
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.reliability("memory")
+def test_a_step_that_cannot_fit_in_memory_is_refused_up_front(mnist, tmp_path, monkeypatch):
+    import core.train as T
+
+    model = T.build_model("accurate")
+    need = T.step_memory_bytes(model, 8192)
+    assert need > 8 * T.step_memory_bytes(model, 512) > 0  # grows with the batch
+    with pytest.raises(ValueError, match=r"batch_size 8192 needs about .* GB per step but only 0.5 GB is free on "
+                                         r"cpu; batch_size must be in \[1, \d+\] here") as e:
+        T.check_memory(model, T.TrainConfig.preset("accurate", batch_size=8192), torch.device("cpu"), free=2**29)
+    fit = int(re.search(r"\[1, (\d+)\]", str(e.value)).group(1))
+    T.check_memory(model, T.TrainConfig.preset("accurate", batch_size=fit), torch.device("cpu"), free=2**29)  # fits
+    monkeypatch.setattr(T, "free_memory_bytes", lambda device: 2**27)  # a box with 128 MB free
+    with pytest.raises(ValueError, match="batch_size 8192 needs about"):
+        next(T.train(T.TrainConfig.preset("fast", batch_size=8192), mnist, run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def _train_small(cfg_kw, mnist, run):
+    """The fast CNN on 2,000 real digits (14 steps an epoch), checkpointing into run."""
+    from core.train import TrainConfig, train
+
+    cfg = TrainConfig.preset("fast", lr=0.05, val_size=200, device="cpu", **cfg_kw)
+    return train(cfg, small_data(mnist), run_dir=run)
+
+
+@pytest.mark.reliability("stop")
+def test_stop_mid_epoch_keeps_the_last_completed_checkpoint(mnist, tmp_path):
+    from core.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    gen = _train_small({"epochs": 5}, mnist, run)
+    saved = None
+    for ev in gen:
+        if ev["event"] == "epoch":
+            saved = (run / "model.safetensors").read_bytes()
+        if saved is not None and ev["event"] == "step" and ev["epoch"] == 2 and ev["step"] >= 14 + 5:
+            break  # the visitor clicks Stop, five steps into epoch 2
+    gen.close()
+    assert (run / "model.safetensors").read_bytes() == saved
+    ckpt = load_checkpoint(run)
+    assert ckpt.metrics["epoch"] == 1 and ckpt.metrics["val_acc"] > 0.5
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.reliability("divergence")
+def test_divergence_stops_with_an_explanation_and_keeps_the_good_checkpoint(mnist, tmp_path, fail_after):
+    from core.checkpoint import load_checkpoint
+    from core.train import TrainingDiverged
+
+    fail_after(14 + 3, None)  # epoch 1 is 14 steps; NaN from step 17 on
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as e:
+        for ev in _train_small({"epochs": 3}, mnist, run):
+            if ev["event"] == "epoch":
+                good = (run / "model.safetensors").read_bytes()
+    msg = str(e.value)
+    assert "loss became nan at step 17 (epoch 2)" in msg and "try a smaller one" in msg
+    assert "The last good checkpoint is kept" in msg and e.value.checkpoint == str(run / "model.safetensors")
+    assert (run / "model.safetensors").read_bytes() == good
+    ckpt = load_checkpoint(run)
+    assert ckpt.metrics["epoch"] == 1 and all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+
+
+@pytest.mark.reliability("out of memory")
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")])
+def test_out_of_memory_is_explained_and_keeps_the_checkpoint(mnist, tmp_path, fail_after, error):
+    from core.checkpoint import load_checkpoint
+    from core.train import TrainingOutOfMemory, oom_message
+
+    fail_after(14 + 2, error)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingOutOfMemory) as e:
+        list(_train_small({"epochs": 3}, mnist, run))
+    msg = str(e.value)
+    assert "out of memory" in msg and "try a smaller batch size (64 or less)" in msg, msg
+    assert "The last good checkpoint is kept" in msg and load_checkpoint(run).metrics["epoch"] == 1
+    gpu = oom_message(torch.device("cuda"), 512)
+    assert "GPU" in gpu and "256 or less" in gpu and "device: cpu" in gpu
+
+
+@pytest.mark.reliability("logs")
+def test_logs_are_useful_and_quiet(mnist, tmp_path, capfd, caplog, fail_after):
+    from core.inference import DEFAULT_MODEL, load_predictor, predict_canvas
+    from core.preprocess import digit_to_canvas
+    from core.train import TrainConfig, TrainingDiverged, train
+
+    capfd.readouterr()
+    pred = load_predictor(DEFAULT_MODEL, prefer_gpu=True)  # provider choice, warm-up: silent
+    for i in range(5):
+        predict_canvas(pred, digit_to_canvas(mnist.test_images[i].numpy()))
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+
+    caplog.set_level(logging.INFO, logger="core")
+    list(train(TrainConfig.preset("fast", epochs=1, lr=0.05, val_size=200, device="cpu"), small_data(mnist),
+               run_dir=tmp_path / "run"))
+    records = [r for r in caplog.records if r.name.startswith("core")]
+    assert len(records) == 2, [r.getMessage() for r in records]  # README: start and result, not every step
+    assert "training fast on cpu" in records[0].getMessage() and "test accuracy" in records[1].getMessage()
+    caplog.clear()
+    fail_after(3, None)
+    with pytest.raises(TrainingDiverged):
+        list(train(TrainConfig.preset("fast", epochs=1, lr=0.05, val_size=200, device="cpu"), small_data(mnist)))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("core")]
+    assert len(warnings) == 1 and "diverged" in warnings[0].getMessage()
