@@ -260,9 +260,37 @@ def visitor_workspace(at):
     return at.session_state["workspace"]
 
 
-def train_job(at):
-    """The Train page's active job (a core.jobs.Job thread)."""
-    return at.session_state["train_jobs"][at.session_state["train_active"]]
+class JobView:
+    """A test's view of a page's job: the executor's JobHandle, plus .running and .join()."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    @property
+    def running(self) -> bool:
+        return self.handle.status in ("queued", "running")
+
+    def join(self, timeout: float | None = None) -> None:
+        self.handle.wait(timeout)
+
+
+def job_for(at, name: str) -> JobView:
+    """The executor's job behind one of this visitor's runs."""
+    from core.executor import get_executor
+
+    rec = visitor_workspace(at).run(name)
+    assert rec is not None and rec.job, f"no job recorded for run {name!r}"
+    handle = get_executor().get(rec.job["id"])
+    assert handle is not None, f"the executor does not know run {name!r}'s job"
+    return JobView(handle)
+
+
+def train_job(at) -> JobView:
+    """The Train page's active job (run by core.executor, outside the page)."""
+    return job_for(at, at.session_state["train_active"])
 
 
 def poll(at, until, timeout_s: float = 120, what: str = "") -> None:
@@ -291,12 +319,16 @@ def train_on_page(at, name: str | None = None, steps: int | None = None, epochs:
 
 
 def stop_jobs(at) -> None:
-    """No training or fine-tuning thread may outlive its test (or the interpreter)."""
-    for key in ("train_jobs", "ft_jobs"):
-        jobs = at.session_state[key] if key in at.session_state else {}
-        for job in jobs.values():
-            job.stop()
-            job.join(60)
+    """No job a test's visitor started may outlive its test: stop them and wait."""
+    from core.executor import get_executor
+
+    ws = at.session_state["workspace"] if "workspace" in at.session_state else None
+    if ws is None:
+        return
+    for h in get_executor().jobs():
+        if h.spec.workspace == ws.id and not h.finished:
+            h.stop()
+            h.wait(60)
 
 
 def canvas_state(rgba) -> dict:

@@ -2,7 +2,7 @@
 before/after/scratch table, saved as a run in their workspace; the new-classes flow on the offline sample."""
 from __future__ import annotations
 
-from helpers import metric, visitor_workspace, widget, TIMEOUT
+from helpers import TIMEOUT, job_for, metric, visitor_workspace, widget
 
 
 def test_finetune_runs_live_and_reports_before_after_and_scratch(full_app, workspace_with_run):
@@ -24,7 +24,7 @@ def test_finetune_runs_live_and_reports_before_after_and_scratch(full_app, works
     widget(at, "button", "Start fine-tuning").click().run()
     assert not at.exception, [e.value for e in at.exception]
 
-    job = at.session_state["ft_jobs"]["inv"]
+    job = job_for(at, "inv")
     job.join(timeout=TIMEOUT)
     assert job.status == "done", job.error
     at.run()

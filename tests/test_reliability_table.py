@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import re
 
-import pytest
 
 from helpers import ROOT
 
