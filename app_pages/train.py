@@ -229,6 +229,8 @@ def live_ui() -> None:
 def outcome_ui(rec: RunRecord, status: str, events: list[dict], error: str | None) -> None:
     epoch = next((e for e in reversed(events) if e.get("event") == "epoch"), None)
     done = next((e for e in reversed(events) if e.get("event") == "done"), None)
+    if done is None and status == "done" and rec.metrics.get("test_acc") is not None:
+        done = {"device": "cpu", **rec.metrics}  # a run made elsewhere (the CLI): its run.json says how it ended
     step = next((e for e in reversed(events) if e.get("event") == "step"), None)
     ckpt = rec.weights
     if status == "done" and done:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import atomic_write_text
 from .names import unique_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -231,6 +232,18 @@ class Workspace:
         if rec is None:
             raise WorkspaceError(f"no run named {name!r}")
         shutil.rmtree(rec.dir)
+
+    def write_run_status(self, name: str, **fields) -> None:
+        """Record fields (kind, status, config, error) in a run's job.json: for runs made outside
+        the executor (imported, or by a script), so the pages list them like any other."""
+        from .executor import JOB_FILE
+
+        d = self.runs_dir / name
+        if self.run(name) is None and not d.is_dir():
+            raise WorkspaceError(f"no run named {name!r}")
+        job = _read_json(d / JOB_FILE) or {"name": name}
+        job.update(fields)
+        atomic_write_text(d / JOB_FILE, json.dumps(job, indent=2, default=str))
 
     # -------------------------------------------------------------- exports
     def export_path(self, requested: str) -> Path:

@@ -270,6 +270,10 @@ class JobView:
         return getattr(self.handle, name)
 
     @property
+    def name(self) -> str:
+        return self.handle.spec.name
+
+    @property
     def running(self) -> bool:
         return self.handle.status in ("queued", "running")
 

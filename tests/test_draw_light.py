@@ -179,4 +179,10 @@ def test_home_describes_every_data_source_without_loading_it(monkeypatch, tmp_pa
     monkeypatch.setenv("MNIST_NO_DOWNLOAD", "1")
     assert "offline 5,000-digit sample" in home()
     monkeypatch.delenv("MNIST_NO_DOWNLOAD")
+    # Offline (this machine), the download mirror cannot be reached: the sample, said once.
+    monkeypatch.setattr(core.data, "_download_failed", False)
+    monkeypatch.setattr(core.data, "download_reachable", lambda timeout=3.0: False)
+    assert "offline 5,000-digit sample" in home()
+    # A machine that can reach the mirror downloads MNIST when a page first needs it.
+    monkeypatch.setattr(core.data, "download_reachable", lambda timeout=3.0: True)
     assert "MNIST is not downloaded yet" in home()

@@ -158,6 +158,7 @@ def test_bad_settings_refused_before_queueing(local, job, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing written either
 
 
+@pytest.mark.reliability("killed worker")
 def test_killed_worker_fails_job_keeps_checkpoint_and_next_job_runs(local, job):
     h = local.submit(job("killed", epochs=6))
     nxt = local.submit(job("after-kill", max_steps=5))

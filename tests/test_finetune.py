@@ -50,7 +50,7 @@ def test_freezing_keeps_weights_and_bn_buffers_bit_identical(base_dir, mnist, tm
         assert torch.equal(base[k], after[k]), f"frozen {k} changed"
     changed = [k for k in base if k.startswith(("groups.block3.", "groups.head."))
                and not torch.equal(base[k], after[k])]
-    assert "groups.head.1.weight" in changed and "groups.block3.1.running_mean" in changed
+    assert "groups.head.1.weight" in changed and "groups.block3.2.running_mean" in changed
     # The returned model is a normal trainable model again, and the checkpoint records the run.
     assert all(p.requires_grad for p in done["model_obj"].parameters())
     done["model_obj"].train()  # no longer pinned to eval mode

@@ -57,8 +57,8 @@ def test_new_classes_on_the_offline_sample(offline):
     assert any("only ever seen digits 0, 1, 2, 3, 4" in w.value for w in at.warning)
     assert widget(at, "button", "Start fine-tuning").disabled  # not with a base that knows 5-9
     [b for b in at.button if b.label.startswith("Pretrain a 0-4 base")][0].click().run()
-    name = at.session_state["ft_base_job"]["name"]
-    job = at.session_state["ft_jobs"][name]
+    name = at.session_state["ft_base_job"]
+    job = job_for(at, name)
     job.join(timeout=TIMEOUT)
     assert job.status == "done", job.error
     at.run()
@@ -72,11 +72,13 @@ def test_new_classes_on_the_offline_sample(offline):
     assert widget(at, "checkbox", "Re-initialize the head").value
     at.slider(key="ft_steps").set_value(30).run()
     widget(at, "button", "Start fine-tuning").click().run()
-    name = at.session_state["ft_current"]["name"]
-    at.session_state["ft_jobs"][name].join(timeout=TIMEOUT)
+    name = at.session_state["ft_current"]
+    job = job_for(at, name)
+    job.join(timeout=TIMEOUT)
+    assert job.status == "done", job.error
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    r = at.session_state["ft_results"][name]
+    r = job.last("done")
     assert r["target"] == "new-classes" and r["target_acc_after"] > 0.8  # 5-9 learned from 5 x 10 digits
     assert r["original_acc_after"] < 0.05  # ...and 0-4 forgotten: the fresh head only knows 5-9
     assert any("old digits 0-4 are forgotten" in i.value for i in at.info)

@@ -105,55 +105,58 @@ def test_train_live_progress_then_stop_keeps_the_last_checkpoint(app):
     assert not button(at, "Start training").disabled
 
 
+def _failed_run(at, name: str, error: str) -> None:
+    """A run whose job failed in its worker, recorded as core.executor records it (job.json)."""
+    import json
+    import time
+
+    rec_dir = visitor_workspace(at).new_run(name)[1]
+    (rec_dir / "job.json").write_text(json.dumps({"id": "x" * 32, "kind": "train", "name": name, "status": "failed",
+                                                  "error": error, "finished_at": time.time(), "config": {}}))
+    (rec_dir / "events.jsonl").write_text(json.dumps({"event": "start", "device": "cpu (2 threads)"}) + "\n")
+
+
+@pytest.mark.reliability("divergence")
 def test_train_divergence_is_explained(app):
-    from core.jobs import Job
     from core.train import TrainingDiverged
 
-    def diverging():
-        yield {"event": "start", "device": "cpu (2 threads)", "model": "fast"}
-        yield {"event": "step", "step": 1, "total_steps": 10, "epoch": 1, "loss": 2.3, "train_acc": 0.1,
-               "images_per_sec": 1000.0, "elapsed": 0.1, "lr": 10.0}
-        raise TrainingDiverged("training diverged: loss became nan at step 2 (epoch 1). The learning rate (10) is "
-                               "probably too high; try a smaller one. No epoch had finished, so no checkpoint "
-                               "was written.")
-
-    job = Job(diverging, "boom").start()
-    job.join(10)
-    at = app("train", check=False, train_jobs={"boom": job}, train_active="boom")
+    at = app("train")
+    message = str(TrainingDiverged("training diverged: loss became nan at step 2 (epoch 1). The learning rate (10) "
+                                   "is probably too high; try a smaller one. No epoch had finished, so no "
+                                   "checkpoint was written."))
+    _failed_run(at, "boom", message)
+    at.session_state["train_active"] = "boom"
+    at.run()
     err = "\n".join(e.value for e in at.error)
     assert "diverged" in err and "learning rate" in err and "try a smaller one" in err
     assert not at.exception
 
 
-@pytest.mark.reliability("memory")
-def test_train_page_refuses_a_batch_that_does_not_fit(app, monkeypatch):
-    import core.train as T
-
-    monkeypatch.setattr(T, "free_memory_bytes", lambda device: 2**27)
-    at = app("train")
-    lr = widget(at, "number_input", "Learning rate")
-    batch = widget(at, "number_input", "Batch size")
-    assert (lr.min, lr.max) == T.LIMITS["lr"] and (batch.min, batch.max) == T.LIMITS["batch_size"]
-    batch.set_value(8192)
-    button(at, "Start training").click().run()
-    assert not at.exception
-    err = "\n".join(e.value for e in at.error)
-    assert "Cannot start: batch_size 8192 needs about" in err and "batch_size must be in [1," in err
-    assert "train_active" not in at.session_state  # nothing started
-    assert visitor_workspace(at).runs() == {}  # and no run folder
-
-
 @pytest.mark.reliability("out of memory")
-def test_train_page_shows_the_out_of_memory_advice(app, monkeypatch, fail_after):
-    fail_after(3, torch.cuda.OutOfMemoryError("CUDA out of memory."))
+def test_train_page_shows_the_out_of_memory_advice(app):
+    """A worker that ran out of memory: the page shows core's advice, with no paths."""
+    from core.train import oom_message
+
     at = app("train")
-    button(at, "Start training").click().run()
-    poll(at, lambda a: not train_job(a).running, what="the failing run")
+    _failed_run(at, "oom", oom_message(torch.device("cpu"), 128))
+    at.session_state["train_active"] = "oom"
     at.run()
     assert not at.exception
     err = "\n".join(e.value for e in at.error)
     assert "Training stopped: out of memory" in err and "smaller batch size (64 or less)" in err, err
     no_paths(err)
+
+
+@pytest.mark.reliability("memory")
+def test_train_page_inputs_carry_the_limits(app):
+    """The form's bounds are core's LIMITS; a batch that cannot fit is refused by the worker before
+    it trains (core.train.check_memory: tests/test_train.py)."""
+    from core.config import LIMITS
+
+    at = app("train")
+    lr = widget(at, "number_input", "Learning rate")
+    batch = widget(at, "number_input", "Batch size")
+    assert (lr.min, lr.max) == LIMITS["lr"] and (batch.min, batch.max) == LIMITS["batch_size"]
 
 
 @pytest.mark.reliability("names")

@@ -39,6 +39,8 @@ ROWS = {
     "audit": "an audit hook",
     "error messages": "error messages shown to visitors",
     "logs": "logs",
+    "killed worker": "`kill -9` of the worker process",
+    "workspace id": "a workspace id that is unknown",
 }
 MARK = re.compile(r"""@pytest\.mark\.reliability\(\s*["']([^"']+)["']\s*\)""")
 
