@@ -4,11 +4,10 @@ accuracy live, stop it at any time, and compare runs.
 Training runs outside this server, in core.executor's worker processes (or a Ray
 cluster): the page submits a job into the visitor's workspace and shows its place
 in the queue, then its live events. The live panel is a fragment that redraws
-every second while the job is queued or running; the rest of the page does not
-rerun. Everything it shows comes back after a reload, from the workspace.
+every second while the job runs (every 3 s while it waits); the rest of the page
+does not rerun. Everything it shows comes back after a reload, from the workspace.
 """
 from __future__ import annotations
-
 
 import altair as alt
 import pandas as pd
@@ -23,6 +22,7 @@ from app_pages.common import (get_source, live_job, ordinal, page_header, page_l
 
 OPTIMIZERS = {"sgd": "SGD (Nesterov momentum)", "adam": "Adam", "adamw": "AdamW"}
 SCHEDULES = {"onecycle": "One-cycle (warm up, then decay)", "cosine": "Cosine decay", "constant": "Constant"}
+POLL_RUNNING_S, POLL_QUEUED_S = 2.0, 3.0  # the live panel's refresh, in seconds
 
 
 # ------------------------------------------------------------------ state
@@ -166,13 +166,17 @@ def charts_ui(events: list[dict]) -> None:
             series="validation (end of epoch)")])
     if acc.empty:
         return
-    lines = alt.Chart(acc).mark_line(point=alt.OverlayMarkDef(size=50)).encode(
+    lines = alt.Chart(acc).mark_line().encode(
         x=alt.X("step:Q", title="Step"),
         y=alt.Y("accuracy:Q", title="Accuracy", scale=alt.Scale(zero=False), axis=alt.Axis(format="%")),
         color=alt.Color("series:N", title=None, scale=alt.Scale(range=["#7C5CFF", "#F5A524"]),
                         legend=alt.Legend(orient="bottom")),
         tooltip=["series", "step", alt.Tooltip("accuracy:Q", format=".2%")])
-    right.altair_chart(lines.properties(height=280, title="Accuracy"), width="stretch")
+    # Points mark the epochs only: a marker on every step is hundreds of symbols that the
+    # visitor's browser redraws each second, and hides the line.
+    points = lines.transform_filter(alt.datum.series != "train (running, this epoch)").mark_point(size=50,
+                                                                                                 filled=True)
+    right.altair_chart((lines + points).properties(height=280, title="Accuracy"), width="stretch")
 
 
 def live_ui() -> None:
@@ -189,6 +193,8 @@ def live_ui() -> None:
         st.session_state.train_refreshed = rec.name
         if st.session_state.get("train_polling") == rec.name:
             st.rerun()
+    elif status == "running" and st.session_state.get("train_poll_every") == POLL_QUEUED_S:
+        st.rerun()  # it left the queue: poll at the running pace (run_every is fixed per full run)
     st.subheader(f"Run “{rec.name}”")
     if renamed := st.session_state.pop("train_renamed", None):
         if renamed[0]:
@@ -328,6 +334,10 @@ if source is not None:
     rec = current_run()
     polling = rec is not None and rec.status in ("queued", "running")
     st.session_state.train_polling = rec.name if polling else None
-    # Poll every second only while a run is queued or going; a finished run's panel is static.
-    st.fragment(run_every=1.0 if polling else None)(live_ui)()
+    # Poll only while a run is queued or going (a finished run's panel is static): every second
+    # while it trains, slower while it waits, since in a full room most pages are waiting and
+    # every poll is CPU the one running job does not get.
+    every = (POLL_QUEUED_S if rec.status == "queued" else POLL_RUNNING_S) if polling else None
+    st.session_state.train_poll_every = every
+    st.fragment(run_every=every)(live_ui)()
     runs_ui()

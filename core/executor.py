@@ -25,6 +25,7 @@ so a reloaded page or a restarted server can show a run without its handle:
                  ("model_obj" dropped, tensors and numpy values as lists and numbers,
                  non-finite floats as null). Step events are appended in batches at most
                  ~0.5 s apart, every other event at once.
+  stop          (Ray jobs, only while a stop request stands) the server asks the task to stop.
 
 read_job(run_dir) reports a job that job.json calls queued or running, but that no live
 executor of this process knows, as "interrupted" (see its docstring).
@@ -1002,56 +1003,35 @@ def _remove_partial_files(run_dir: Path) -> None:
 
 # ------------------------------------------------------------------ Ray
 
-class _StopBoard:
-    """A tiny Ray actor holding the ids of jobs asked to stop (Ray tasks, unlike actor tasks,
-    have no cancellation flag to poll; ray.cancel would interrupt a step midway)."""
-
-    def __init__(self):
-        self._ids: set[str] = set()
-
-    def stop(self, job_id: str) -> None:
-        self._ids.add(job_id)
-
-    def is_stopped(self, job_id: str) -> bool:
-        return job_id in self._ids
-
-    def forget(self, job_id: str) -> None:
-        self._ids.discard(job_id)
+STOP_FILE = "stop"  # a Ray job's stop request, in its run_dir
 
 
-class _StopPoll:
-    """should_stop() for a Ray task: asks the board without blocking the step loop (one request
-    in flight; each call looks whether its answer has come)."""
+class _StopFile:
+    """should_stop() for a Ray task: has the server written run_dir/stop? The run directory is
+    on a volume the server and every node share (the task writes its checkpoints there too).
 
-    def __init__(self, board, job_id: str):
-        import ray
+    No Ray call in here on purpose: a Ray task blocked in ray.get (even briefly, asking an actor
+    whether to stop) lends its CPUs to the next queued task, which then trains beside it. That
+    ran three 2-CPU jobs at once on 2 cores, each 14x slower than alone."""
 
-        self._ray, self._board, self._id = ray, board, job_id
-        self._stopped = bool(ray.get(board.is_stopped.remote(job_id)))
-        self._pending = None
+    def __init__(self, run_dir: str):
+        self._path, self._stopped = Path(run_dir) / STOP_FILE, False
 
-    def __call__(self) -> bool:
-        if self._stopped:
-            return True
-        if self._pending is None:
-            self._pending = self._board.is_stopped.remote(self._id)
-        ready, _ = self._ray.wait([self._pending], timeout=0)
-        if ready:
-            self._stopped = bool(self._ray.get(self._pending))
-            self._pending = None
+    def __call__(self) -> bool:  # once per step: one stat, microseconds against a step's milliseconds
+        self._stopped = self._stopped or self._path.exists()
         return self._stopped
 
 
 _RAY_CACHE: _DataCache | None = None
 
 
-def _ray_job(payload: dict, board) -> Iterator[dict]:
+def _ray_job(payload: dict) -> Iterator[dict]:
     """The Ray task (a streaming generator): run_job's messages, one Ray object each."""
     global _RAY_CACHE
     os.environ["MNIST_LAB_TORCH_THREADS"] = str(payload["threads"])
     if _RAY_CACHE is None:  # Ray reuses worker processes: keep the data loaded between jobs
         _RAY_CACHE = _DataCache(size=1)
-    yield from _run_job(payload, _RAY_CACHE, _StopPoll(board, payload["id"]))
+    yield from _run_job(payload, _RAY_CACHE, _StopFile(payload["run_dir"]))
 
 
 RAY_WORKER_DIED = ("the Ray worker running this job died (killed, out of memory, or its node went away); "
@@ -1074,14 +1054,18 @@ class RayExecutor(Executor):
 
     kind = "ray"
 
-    def __init__(self, cpus_per_job: int | None = None, address: str | None = None):
+    def __init__(self, cpus_per_job: int | None = None, address: str | None = None,
+                 local_cpus: int | None = None):
+        """local_cpus: the size of the local Ray this starts when there is no address (default:
+        this machine's cores)."""
         super().__init__()
+        self._local_cpus = local_cpus
+        self._ray_owner_exit = threading.Event()
         env_cpus = os.environ.get("MNIST_LAB_JOB_CPUS")
         self._cpus = int(cpus_per_job or (int(env_cpus) if env_cpus else 0) or min(4, cpu_count()))
         self._address = address or os.environ.get("RAY_ADDRESS")
         self._ray = None
         self._owns_ray = False
-        self._board = None
         self._remote = None
         self._gens: dict[str, object] = {}  # job id -> ObjectRefGenerator, while it may yield
         self._pump: threading.Thread | None = None
@@ -1095,20 +1079,45 @@ class RayExecutor(Executor):
             import ray
 
             if not ray.is_initialized():
+                self._init_ray(ray)
+                self._owns_ray = True
+            self._ray = ray
+            self._remote = ray.remote(max_retries=0)(_ray_job)
+            self._pump = threading.Thread(target=self._pump_events, daemon=True, name="mnist-lab-ray-pump")
+            self._pump.start()
+
+    def _init_ray(self, ray) -> None:
+        """ray.init from a thread that lives as long as this process.
+
+        A local Ray's GCS and raylet are started with PR_SET_PDEATHSIG, which Linux fires when
+        the *thread* that started them exits. Streamlit runs each script run in a thread that
+        ends right after it, so a ray.init made there was killed within seconds, and with it
+        the server (Ray's driver exits when it loses its GCS). Connecting to a cluster starts
+        no local processes, but goes through the same thread for one code path."""
+        done: dict = {}
+        ready = threading.Event()
+
+        def owner() -> None:
+            try:
                 if self._address:
                     ray.init(address=self._address, log_to_driver=False)
                 else:
                     # Small: no dashboard, an 80 MB object store (events are tiny), no worker logs
                     # in the server's output.
-                    ray.init(num_cpus=cpu_count(), num_gpus=len(gpu_names()), include_dashboard=False,
+                    ray.init(num_cpus=self._local_cpus or cpu_count(), num_gpus=len(gpu_names()),
+                             include_dashboard=False,
                              object_store_memory=80 * 2**20, log_to_driver=False,
                              logging_level=logging.WARNING)
-                self._owns_ray = True
-            self._ray = ray
-            self._board = ray.remote(num_cpus=0)(_StopBoard).remote()
-            self._remote = ray.remote(max_retries=0)(_ray_job)
-            self._pump = threading.Thread(target=self._pump_events, daemon=True, name="mnist-lab-ray-pump")
-            self._pump.start()
+            except BaseException as e:  # noqa: BLE001 - handed to start()'s caller
+                done["error"] = e
+            ready.set()
+            if "error" not in done:
+                self._ray_owner_exit.wait()  # keep Ray's processes' parent thread alive
+
+        threading.Thread(target=owner, daemon=True, name="mnist-lab-ray-owner").start()
+        ready.wait()
+        if "error" in done:
+            raise done["error"]
 
     def _cluster(self) -> dict:
         if self._ray is None:
@@ -1145,7 +1154,7 @@ class RayExecutor(Executor):
         opts = dict(num_cpus=payload["threads"], num_gpus=1 if use_gpu else 0, num_returns="streaming",
                     name=f"mnist-lab-{h.spec.kind}-{h.spec.name}"[:100])
         with self._wake:
-            self._gens[h.id] = self._remote.options(**opts).remote(payload, self._board)
+            self._gens[h.id] = self._remote.options(**opts).remote(payload)
             self._wake.notify()
 
     def _stop(self, h: JobHandle) -> None:
@@ -1158,7 +1167,8 @@ class RayExecutor(Executor):
             gen = self._gens.get(h.id)
             if queued:
                 self._gens.pop(h.id, None)
-        self._board.stop.remote(h.id)
+        if not queued:
+            atomic_write_text(h.run_dir / STOP_FILE, "")
         if queued:
             if gen is not None:
                 self._ray.cancel(gen)
@@ -1238,12 +1248,9 @@ class RayExecutor(Executor):
     def _end(self, job_id: str, h: JobHandle | None, status: str, error: str | None) -> None:
         with self._lock:
             self._gens.pop(job_id, None)
-        if self._board is not None:
-            try:
-                self._board.forget.remote(job_id)
-            except Exception:  # noqa: BLE001 - Ray already shut down
-                pass
         if h is not None:
+            with contextlib.suppress(OSError):
+                (h.run_dir / STOP_FILE).unlink(missing_ok=True)
             self._finish(h, status, error)
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -1274,12 +1281,9 @@ class RayExecutor(Executor):
         if self._pump is not None:
             self._pump.join(5)
         if self._ray is not None:
-            try:
-                self._ray.kill(self._board)
-            except Exception:  # noqa: BLE001
-                pass
             if self._owns_ray:
                 self._ray.shutdown()
+                self._ray_owner_exit.set()
         _forget_singleton(self)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -229,16 +230,22 @@ def test_nothing_starts_on_import_and_get_executor_is_one_per_process(monkeypatc
 
 @pytest.fixture(scope="module")
 def ray_executor():
+    """A RayExecutor that starts its own local Ray (2 CPUs, as on CI) from a thread that then
+    ends, as Streamlit's script threads do: Ray's processes must outlive that thread."""
     ray = pytest.importorskip("ray")
     from core.executor import RayExecutor
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False)
-    ex = RayExecutor(cpus_per_job=1)
+    assert not ray.is_initialized()
+    ex = RayExecutor(cpus_per_job=1, local_cpus=2)
+    starter = threading.Thread(target=ex.start)
+    starter.start()
+    starter.join()
+    time.sleep(1.0)  # the starting thread is gone: a Ray tied to it would be dead by now
     try:
         yield ex
     finally:
         ex.shutdown(timeout=30)
-        ray.shutdown()
+        assert not ray.is_initialized()
 
 
 def test_ray_runs_jobs_side_by_side_and_streams_events(ray_executor, job):
