@@ -4,7 +4,7 @@ accuracy live, stop it at any time, and compare runs.
 Training runs outside this server, in core.executor's worker processes (or a Ray
 cluster): the page submits a job into the visitor's workspace and shows its place
 in the queue, then its live events. The live panel is a fragment that redraws
-every second while the job runs (every 3 s while it waits); the rest of the page
+every 2 s while the job runs (every 3 s while it waits); the rest of the page
 does not rerun. Everything it shows comes back after a reload, from the workspace.
 """
 from __future__ import annotations
@@ -334,7 +334,7 @@ if source is not None:
     rec = current_run()
     polling = rec is not None and rec.status in ("queued", "running")
     st.session_state.train_polling = rec.name if polling else None
-    # Poll only while a run is queued or going (a finished run's panel is static): every second
+    # Poll only while a run is queued or going (a finished run's panel is static): every 2 s
     # while it trains, slower while it waits, since in a full room most pages are waiting and
     # every poll is CPU the one running job does not get.
     every = (POLL_QUEUED_S if rec.status == "queued" else POLL_RUNNING_S) if polling else None

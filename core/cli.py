@@ -225,7 +225,7 @@ def _pct(v) -> str:
 def cmd_finetune(args) -> dict:
     from .data import load_mnist
     from .finetune import FinetuneConfig, finetune
-    from .targets import KINDS, TARGETS, parse_spec
+    from .config import KINDS, TARGETS, parse_spec
 
     freeze = None if args.freeze is None else [g.strip() for g in args.freeze.split(",") if g.strip()]
     overrides = {"freeze": freeze, "lr": args.lr,
@@ -337,7 +337,8 @@ def cmd_samples(args) -> dict:
     return {"count": len(s), "per_class": s.counts()}
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import MODELS
+    # torch-free: a typo or --help answers at once instead of after importing torch (2-3 s)
+    from .config import MODEL_INFO as MODELS, TARGETS
 
     p = Parser(prog="python -m core", description="MNIST Lab engine: train, evaluate, export, predict, bench.")
     sub = p.add_subparsers(dest="command", parser_class=Parser, required=True)
@@ -392,8 +393,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     pr.set_defaults(fn=cmd_predict)
 
-    from .targets import TARGETS
-
     ft = sub.add_parser("finetune", help="adapt a checkpoint to a target; compares with training from scratch",
                         description="targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
     ft.add_argument("checkpoint", help="base run folder or model.safetensors")
@@ -447,13 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
+    try:
+        args = build_parser().parse_args(argv)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from .checkpoint import CheckpointError  # torch, only once the arguments are known to be good
     from .data import DataError
     from .device import DeviceError
     from .train import TrainingDiverged, TrainingOutOfMemory
 
     try:
-        args = build_parser().parse_args(argv)
         result = args.fn(args)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)

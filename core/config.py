@@ -128,3 +128,34 @@ def default_epochs(model: str, n_images: int) -> int:
     return max(p.epochs, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch(n_train, p.batch_size)))
 
 
+# ------------------------------------------------------------------ fine-tuning targets
+# (core.targets builds them with torch; these names and specs are plain data)
+
+DEFAULT_ROTATION = 45.0  # degrees: far enough that a normal model fails on many digits
+DEFAULT_NOISE = 0.5  # std of Gaussian pixel noise, in units of full ink (1.0 = 255)
+BASE_CLASSES = (0, 1, 2, 3, 4)  # new-classes: what the base model is pretrained on
+NEW_CLASSES = (5, 6, 7, 8, 9)  # ... and what it then learns from K shots each
+
+# Shown by the CLI --help and the Fine-tune page.
+TARGETS: dict[str, str] = {
+    "inverted": "black ink on white paper",
+    "rotated": f"every digit rotated by a fixed angle (rotated:DEG, default {DEFAULT_ROTATION:g} degrees)",
+    "thick": "strokes thickened by a 3x3 dilation",
+    "thin": "strokes thinned by a cross-shaped erosion",
+    "noisy": f"Gaussian pixel noise (noisy:SIGMA, default {DEFAULT_NOISE:g} of full ink)",
+    "new-classes": "a base that knows only digits 0-4 learns 5-9 from K shots each",
+    "subset:N": "N plain MNIST training digits (no shift)",
+    "user:DIR": "people's drawings saved as labeled samples (core.samples folder format)",
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """"rotated:90" -> ("rotated", "90"); "inverted" -> ("inverted", None)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("target is empty; choose one of " + ", ".join(TARGETS))
+    kind, _, arg = spec.strip().partition(":")
+    return kind, (arg if arg else None)
+
+
+SHIFTS = {"rotated", "inverted", "thick", "thin", "noisy"}
+KINDS = SHIFTS | {"new-classes", "subset", "user"}

@@ -174,7 +174,7 @@ def _check_keys(config: dict, cls) -> None:
 
 
 def _check_target(target: str) -> None:
-    from .targets import KINDS as TARGET_KINDS, SHIFTS, TARGETS, parse_spec
+    from .config import KINDS as TARGET_KINDS, SHIFTS, TARGETS, parse_spec
 
     kind, arg = parse_spec(target)
     if kind not in TARGET_KINDS:

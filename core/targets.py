@@ -22,24 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The target names, defaults and spec parsing are plain data in core.config (no torch), so
+# the CLI's --help and the server check a spec without importing torch; re-exported here.
+from .config import (BASE_CLASSES, DEFAULT_NOISE, DEFAULT_ROTATION, NEW_CLASSES, SHIFTS,  # noqa: F401
+                     TARGETS, parse_spec)
 from .data import MNISTData
-
-DEFAULT_ROTATION = 45.0  # degrees: far enough that a normal model fails on many digits
-DEFAULT_NOISE = 0.5  # std of Gaussian pixel noise, in units of full ink (1.0 = 255)
-BASE_CLASSES = (0, 1, 2, 3, 4)  # new-classes: what the base model is pretrained on
-NEW_CLASSES = (5, 6, 7, 8, 9)  # ... and what it then learns from K shots each
-
-# Shown by the CLI --help and the Fine-tune page.
-TARGETS: dict[str, str] = {
-    "inverted": "black ink on white paper",
-    "rotated": f"every digit rotated by a fixed angle (rotated:DEG, default {DEFAULT_ROTATION:g} degrees)",
-    "thick": "strokes thickened by a 3x3 dilation",
-    "thin": "strokes thinned by a cross-shaped erosion",
-    "noisy": f"Gaussian pixel noise (noisy:SIGMA, default {DEFAULT_NOISE:g} of full ink)",
-    "new-classes": "a base that knows only digits 0-4 learns 5-9 from K shots each",
-    "subset:N": "N plain MNIST training digits (no shift)",
-    "user:DIR": "people's drawings saved as labeled samples (core.samples folder format)",
-}
 
 
 @dataclass
@@ -130,18 +117,6 @@ def _subsample(n: int, max_n: int | None, seed: int) -> torch.Tensor | None:
     if max_n is None or max_n >= n:
         return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:max_n].sort().values
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """"rotated:90" -> ("rotated", "90"); "inverted" -> ("inverted", None)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("target is empty; choose one of " + ", ".join(TARGETS))
-    kind, _, arg = spec.strip().partition(":")
-    return kind, (arg if arg else None)
-
-
-SHIFTS = {"rotated", "inverted", "thick", "thin", "noisy"}
-KINDS = SHIFTS | {"new-classes", "subset", "user"}
 
 
 def shift_images(kind: str, images: torch.Tensor, arg: str | None = None, seed: int = 0) -> torch.Tensor:

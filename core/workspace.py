@@ -133,10 +133,15 @@ class Workspace:
         (self.dir / _MARKER).touch()
 
     def last_used(self) -> float:
-        try:
-            return (self.dir / _MARKER).stat().st_mtime
-        except OSError:
-            return 0.0
+        # A workspace being created has its folder a moment before its marker: then the folder's
+        # own time counts, or a visitor's sweep of expired workspaces deletes it under its owner
+        # (seen with five visitors opening a cold server at once).
+        for path in (self.dir / _MARKER, self.dir):
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                continue
+        return 0.0
 
     def expired(self, ttl_days: float | None = None) -> bool:
         ttl = default_ttl_days() if ttl_days is None else ttl_days

@@ -48,15 +48,32 @@ def page(browser):
 
 
 def test_every_page_renders_without_errors(page, app_url):
+    """Home by its URL, then every other page through the sidebar menu, as a visitor browses (one
+    session; test_app_shell opens deep links on a fresh server), each page's URL following."""
+    from urllib.parse import parse_qs, urlparse
+
+    page.goto(app_url)
+    workspaces = set()
     for path, title, name in PAGES:
-        page.goto(f"{app_url}/{path}")
+        if path:
+            page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
         wait_until_idle(page, title)
+        url = urlparse(page.url)
+        assert url.path.rstrip("/") == f"/{path}".rstrip("/"), (page.url, path)
+        workspaces.update(parse_qs(url.query).get("ws", []))
         assert_no_errors(page, name)
         screenshot(page, name)
-    # The Data page's lazy tabs are bound to the URL: open each one.
-    for tab in ("Samples", "Class averages", "Pixels", "Embedding", "One digit"):
-        page.goto(f"{app_url}/data?tab={tab.replace(' ', '+')}")
-        wait_until_idle(page, "Data")
+    assert len(workspaces) == 1, workspaces  # the visitor's workspace link follows them everywhere
+    # The Data page's lazy tabs are bound to the URL: open the last by its link, then each one as
+    # a visitor does, by clicking it (a rerun, not a reload), and the URL follows.
+    page.goto(f"{app_url}/data?tab=One+digit")
+    wait_until_idle(page, "Data")
+    for tab in ("One digit", "Samples", "Class averages", "Pixels", "Embedding"):
+        if tab != "One digit":
+            page.get_by_role("tab", name=tab).click()
+            wait_until_idle(page, "Data")
+        assert page.get_by_role("tab", name=tab).get_attribute("aria-selected") == "true", tab
+        assert f"tab={tab.replace(' ', '+')}" in page.url or f"tab={tab.replace(' ', '%20')}" in page.url, page.url
         name = f"data-{tab.lower().replace(' ', '-')}"
         assert_no_errors(page, name)
         screenshot(page, name)
@@ -97,7 +114,7 @@ def test_training_runs_live_and_survives_switching_pages(page, app_url):
     name.press("Tab")
     wait_until_idle(page, "Train")
     page.get_by_role("button", name="Start training").click()
-    # The live panel (an st.fragment polling every second) shows progress, then the result.
+    # The live panel (an st.fragment polling every 2 s while it trains) shows progress, then the result.
     page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
     # Leave for another page through the menu (same session), and come back.
     page.locator('[data-testid="stSidebarNav"]').get_by_text("Data", exact=True).click()

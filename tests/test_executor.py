@@ -248,6 +248,7 @@ def ray_executor():
         assert not ray.is_initialized()
 
 
+@pytest.mark.reliability("ray from a page")
 def test_ray_runs_jobs_side_by_side_and_streams_events(ray_executor, job):
     a, b = (ray_executor.submit(job(n, max_steps=10)) for n in ("ray-a", "ray-b"))
     assert ray_executor.stats()["workers"] == 2
@@ -261,6 +262,7 @@ def test_ray_runs_jobs_side_by_side_and_streams_events(ray_executor, job):
     assert a.started_at < b.finished_at and b.started_at < a.finished_at  # 1 CPU each: both at once
 
 
+@pytest.mark.reliability("ray from a page")
 def test_ray_stop_and_cancel(ray_executor, job):
     long = [ray_executor.submit(job(f"ray-long-{i}", epochs=6)) for i in range(2)]
     queued = ray_executor.submit(job("ray-queued"))

@@ -2,6 +2,8 @@
 their workspace, valid and equal to PyTorch; the export is then one of their models; empty states."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,8 @@ def test_export_writes_a_valid_onnx_model_under_a_safe_name(full_app, workspace_
     assert any("etc-passwd.onnx" in lab for lab in labels) and any("etc-passwd-fp16.onnx" in lab for lab in labels)
     table = at.dataframe[0].value
     assert list(table["variant"]) == ["fp32", "fp16"]
+    assert any("held out no validation digits" in i.value for i in at.info)  # so not calibrated
+    assert json.loads(path.with_suffix(".json").read_text())["calibration"] is None
     acc = workspace_with_run.run("tiny").metrics["test_acc"]
     assert table["accuracy"].iloc[0] == pytest.approx(100 * acc, abs=0.006)
 
@@ -45,6 +49,36 @@ def test_export_writes_a_valid_onnx_model_under_a_safe_name(full_app, workspace_
     assert "Your export · etc-passwd (ONNX)" in at.selectbox(key="eval_model").options
     at.switch_page("app_pages/draw.py").run()
     assert any(o.startswith("Your export · etc-passwd") for o in widget(at, "selectbox", "Model").options)
+
+
+def test_export_calibrates_a_run_with_a_validation_split(full_app, workspaces, mnist):
+    """As the CLI does: a temperature fitted on the run's held-out digits is folded into the graph
+    (ONNX logits = PyTorch logits / T, same answers). A run without validation digits ("tiny",
+    above) is exported uncalibrated, and the page says why."""
+    import onnxruntime as ort
+
+    from core.checkpoint import load_checkpoint
+    from core.evaluate import TorchPredictor
+    from core.train import TrainConfig, train
+    from core.workspace import Workspace
+
+    ws = Workspace.create(workspaces)
+    _, run_dir = ws.new_run("held")
+    cfg = TrainConfig.preset("fast", max_steps=40, device="cpu", label_smoothing=0.2)  # val_size 5,000
+    assert [e for e in train(cfg, mnist, run_dir=run_dir) if e["event"] == "done"]
+    at = full_app("export", ws_id=ws.id)
+    assert widget(at, "checkbox", "Calibrate confidence").value  # on by default
+    widget(at, "button", "Export to ONNX").click().run()
+    assert_ok(at)
+    card = json.loads((ws.exports_dir / "held.json").read_text())
+    c = card["calibration"]
+    assert c["method"] == "temperature" and c["fitted_on"] == "validation (5,000 digits)"
+    assert any("Calibrated: temperature" in m.value for m in at.markdown)
+    x = mnist.test_images[:500].numpy().astype(np.float32)[:, None] / 255
+    sess = ort.InferenceSession(str(ws.exports_dir / "held.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"image": x})[0]
+    raw = TorchPredictor(load_checkpoint(run_dir).model).logits(x)
+    assert np.abs(got - raw / c["temperature"]).max() <= 1e-4 and (got.argmax(1) == raw.argmax(1)).all()
 
 
 def test_empty_states_link_to_the_train_page(full_app):

@@ -1,11 +1,11 @@
 """Issue 6 in a real browser: 5 visitors draw at the same time while a 6th trains.
 
 One `streamlit run` server, one headless Chromium, six browser contexts (six visitors,
-six Streamlit sessions). Each drawing visitor draws 1, 7 and 0 with the mouse, all five
-at once (asyncio), first with the server otherwise idle and then while the sixth visitor
-trains a CNN on the same 2-core box. Every drawing must get its correct prediction.
-The latency (mouse up -> prediction shown) of both phases is reported, not asserted:
-test-artifacts/reliability-browser.json and the test's printed output.
+six Streamlit sessions). The five drawers open /draw at once on a cold server, then each
+draws 1, 7 and 0 with the mouse, all five at once (asyncio), while the sixth visitor trains
+a CNN on the same 2-core box. Every drawing must get its correct prediction. The latency
+(mouse up -> prediction shown) is reported, not asserted: test-artifacts/reliability-browser.json
+and the test's printed output; bench/concurrent_train.py measures it against idle drawing.
 
 Then the visitors' isolation: the trainer's run and a drawer's saved sample appear for
 their owner only.
@@ -112,7 +112,6 @@ async def _scenario(url: str) -> dict:
             return await pg.locator('[data-testid="stSidebarNav"]').first.inner_text()
 
         menus = await asyncio.gather(*(open_draw(pg) for pg in drawers))  # five deep links to a cold server
-        idle = await asyncio.gather(*(_draw_digits(pg) for pg in drawers))  # five visitors at once
 
         # The sixth visitor starts a long run (stopped by hand below) and it is under way.
         await trainer.goto(f"{url}/train")
@@ -160,7 +159,7 @@ async def _scenario(url: str) -> dict:
         await _idle(other, "Train")
         other_train = await other.locator("body").inner_text()
         await browser.close()
-    return {"menus": menus, "idle": idle, "busy": busy, "still_training": still_training, "trainer_text": trainer_text,
+    return {"menus": menus, "busy": busy, "still_training": still_training, "trainer_text": trainer_text,
             "other_draw": other_draw, "other_train": other_train}
 
 
@@ -171,21 +170,18 @@ def test_five_visitors_draw_while_a_sixth_trains(app_url):
     r = asyncio.run(_scenario(app_url))
     for menu in r["menus"]:
         assert "Fine-tune" in menu and "common" not in menu.lower(), menu
-    for phase in ("idle", "busy"):
-        wrong = [(i, d, got) for i, session in enumerate(r[phase]) for d, got, _ in session if got != d]
-        assert not wrong, f"{phase}: (visitor, drawn, predicted) {wrong}"
+    wrong = [(i, d, got) for i, session in enumerate(r["busy"]) for d, got, _ in session if got != d]
+    assert not wrong, f"(visitor, drawn, predicted) {wrong}"
     assert r["still_training"], "the run ended before the drawing finished: the comparison would be unfair"
     assert "trainer-run" in r["trainer_text"] and "last completed checkpoint survives" in r["trainer_text"]
     # Isolation between visitors (no presenter setting on this server).
     assert "Your samples per digit" not in r["other_draw"]
     assert "No runs yet" in r["other_train"] and "trainer-run" not in r["other_train"]
 
-    idle = _stats([t for s in r["idle"] for _, _, t in s])
     busy = _stats([t for s in r["busy"] for _, _, t in s])
-    report = {"drawers": DRAWERS, "digits_each": len(STROKES), "idle": idle, "while_training": busy,
-              "slowdown_p50": busy["p50_ms"] / idle["p50_ms"], "slowdown_p95": busy["p95_ms"] / idle["p95_ms"]}
+    report = {"drawers": DRAWERS, "digits_each": len(STROKES), "while_training": busy}
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "reliability-browser.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{DRAWERS} visitors drawing at once, mouse up -> prediction shown: idle p50 {idle['p50_ms']:.0f} ms "
-          f"p95 {idle['p95_ms']:.0f} ms; while a 6th visitor trains p50 {busy['p50_ms']:.0f} ms p95 "
-          f"{busy['p95_ms']:.0f} ms ({report['slowdown_p50']:.1f}x at p50)")
+    print(f"\n{DRAWERS} visitors drawing at once while a 6th trains, mouse up -> prediction shown: "
+          f"p50 {busy['p50_ms']:.0f} ms, p95 {busy['p95_ms']:.0f} ms (bench/concurrent_train.py compares "
+          f"drawing while training with idle drawing)")

@@ -41,6 +41,7 @@ ROWS = {
     "logs": "logs",
     "killed worker": "`kill -9` of the worker process",
     "workspace id": "a workspace id that is unknown",
+    "ray from a page": "a local Ray started from a page",
 }
 MARK = re.compile(r"""@pytest\.mark\.reliability\(\s*["']([^"']+)["']\s*\)""")
 

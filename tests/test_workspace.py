@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +101,38 @@ def test_remove_expired_deletes_old_workspaces_and_keeps_fresh_ones(tmp_path, mo
     assert (tmp_path / "not-a-workspace").is_dir()
     assert sorted(Workspace.remove_expired(tmp_path, ttl_days=0.5)) == sorted([busy.id, fresh.id])
     assert Workspace.remove_expired(tmp_path / "nowhere") == []
+
+
+@pytest.mark.reliability("concurrent open")
+def test_a_workspace_being_created_survives_another_visitors_sweep(tmp_path):
+    """Five visitors opening a cold server at once: one's sweep of expired workspaces ran between
+    another's mkdir and its marker, and deleted the new workspace under its owner."""
+    ws = Workspace(secrets.token_hex(16), tmp_path)
+    ws.dir.mkdir()  # created, marker not yet written
+    assert Workspace.remove_expired(tmp_path, ttl_days=7) == []
+    ws.touch()
+    assert ws.dir.is_dir() and not ws.expired(7)
+
+
+def test_many_visitors_create_and_sweep_at_once(tmp_path):
+    """Threads creating workspaces while others sweep: every created workspace is still there."""
+    made, errors = [], []
+
+    def visitor():
+        try:
+            for _ in range(20):
+                made.append(Workspace.open(None, tmp_path)[0])
+                Workspace.remove_expired(tmp_path, ttl_days=7)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=visitor) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(ws.dir.is_dir() for ws in made) and len(made) == 100
 
 
 # ============================================================== quota
