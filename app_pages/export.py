@@ -105,9 +105,10 @@ def export_form_ui(data) -> None:
         parity = card["parity"]
         status.update(label=f"Exported {out.name}: parity passed (max |Δ logit| {parity['max_abs_dlogit']:.1e}, "
                             f"{parity['argmax_agree']:,}/{parity['n']:,} identical answers)", state="complete")
-        if c := card.get("calibration"):
-            st.write(f"Calibrated: temperature {c['temperature']:.3g}; expected calibration error on the test "
-                     f"digits {100 * c['ece_before']:.2f}% → {100 * c['ece_after']:.2f}%.")
+
+    if c := card.get("calibration"):  # outside the status box, which folds away once complete
+        st.success(f"Calibrated: temperature {c['temperature']:.3g}; expected calibration error on the test "
+                   f"digits {100 * c['ece_before']:.2f}% → {100 * c['ece_after']:.2f}%.", icon=":material/tune:")
     st.session_state["lat_model"] = str(out)  # measure the new export next
     st.toast(f"{out.name} is ready, and selectable on the Draw page.", icon=":material/check_circle:")
 

@@ -52,7 +52,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json
 from .hardware import cpu_count, gpu_names
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,6 @@ def _json_safe(v):
     return str(v)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
 def read_events(run_dir: str | os.PathLike) -> list[dict]:
     """The events a job recorded in run_dir/events.jsonl ([] when none). A line that does not
     parse (the last one, while it is being written) is skipped."""
@@ -152,7 +144,7 @@ def read_job(run_dir: str | os.PathLike, executor: "Executor | None" = None) -> 
     one if get_executor() has already made it; this never starts one, and with none at all
     every queued/running record reads as interrupted.
     """
-    job = _read_json(Path(run_dir) / JOB_FILE)
+    job = read_json(Path(run_dir) / JOB_FILE)
     if job is None or job.get("status") not in ACTIVE:
         return job
     ex = executor if executor is not None else _SINGLETON

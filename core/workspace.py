@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json
 from .names import unique_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +67,6 @@ class RunRecord:
         """The run's checkpoint, when it has one (a stopped run keeps its last completed epoch)."""
         p = self.dir / WEIGHTS_NAME
         return p if p.is_file() else None
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def folder_bytes(path: Path) -> int:
@@ -209,7 +201,7 @@ class Workspace:
         d = self.runs_dir / name
         if "/" in name or name in ("", ".", "..") or not d.is_dir():
             return None
-        meta, job = _read_json(d / RUN_META), read_job(d)
+        meta, job = read_json(d / RUN_META), read_job(d)
         if meta is None and job is None:
             return None
         metrics = dict((meta or {}).get("metrics") or {})
@@ -246,7 +238,7 @@ class Workspace:
         d = self.runs_dir / name
         if self.run(name) is None and not d.is_dir():
             raise WorkspaceError(f"no run named {name!r}")
-        job = _read_json(d / JOB_FILE) or {"name": name}
+        job = read_json(d / JOB_FILE) or {"name": name}
         job.update(fields)
         atomic_write_text(d / JOB_FILE, json.dumps(job, indent=2, default=str))
 

@@ -6,16 +6,13 @@ about a minute on a 2-core machine. Every executor is shut down by its fixture.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
-import struct
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from core.checkpoint import load_checkpoint
@@ -27,23 +24,6 @@ TIMEOUT = 120
 
 
 # ------------------------------------------------------------------ fixtures
-
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    magic = 0x0803 if arr.ndim == 3 else 0x0801
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + arr.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def small_mnist_dir(mnist, tmp_path_factory) -> Path:
-    """The first 2,000 training and 500 test digits of the real MNIST, as gzipped IDX files."""
-    d = tmp_path_factory.mktemp("mnist-small")
-    _write_idx(d / "train-images-idx3-ubyte.gz", mnist.train_images[:2000].numpy())
-    _write_idx(d / "train-labels-idx1-ubyte.gz", mnist.train_labels[:2000].numpy())
-    _write_idx(d / "t10k-images-idx3-ubyte.gz", mnist.test_images[:500].numpy())
-    _write_idx(d / "t10k-labels-idx1-ubyte.gz", mnist.test_labels[:500].numpy())
-    return d
-
 
 @pytest.fixture(scope="module")
 def local():

@@ -73,7 +73,7 @@ def test_export_calibrates_a_run_with_a_validation_split(full_app, workspaces, m
     card = json.loads((ws.exports_dir / "held.json").read_text())
     c = card["calibration"]
     assert c["method"] == "temperature" and c["fitted_on"] == "validation (5,000 digits)"
-    assert any("Calibrated: temperature" in m.value for m in at.markdown)
+    assert any("Calibrated: temperature" in m.value for m in at.success)
     x = mnist.test_images[:500].numpy().astype(np.float32)[:, None] / 255
     sess = ort.InferenceSession(str(ws.exports_dir / "held.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["logits"], {"image": x})[0]
