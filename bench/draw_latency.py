@@ -7,8 +7,10 @@ to a drawable canvas, and the server's memory after drawing. Drives headless Chr
    bench/canvas_app.py the same way: the canvas + a Prediction metric in one fragment, calling the
    same core.inference.predict_canvas. Also bench/canvas_shell_app.py: that same page inside a
    multipage shell like the app's (for information: what st.navigation and its sidebar cost).
-2. First visitor on the fresh app server: milliseconds from page.goto("/draw") until the canvas is
-   on screen with its drawing surface (canvas.upper-canvas) ready. Bar: 3 s.
+2. First visitor on the fresh app server: seconds from page.goto("/draw") until the canvas is
+   on screen with its drawing surface (canvas.upper-canvas) ready; then --fresh more fresh servers of
+   the app and of the canvas app, in turn, each opened by a new visitor 3 s after it answers (one
+   first visit is too noisy on a shared box: 2.7-3.8 s for the same code). Bar: the app's median <= 3 s.
 3. That visitor draws a 1, a 7 and a 0; then the resident memory of the server and all its child
    processes (Linux /proc, VmRSS summed) is read, and whether torch is mapped in it. Bar: 300 MB.
    Then the same visitor opens Home, and the memory is read again (for information).
@@ -92,21 +94,9 @@ def server(script: str, env: dict, log: Path):
     finally:
         helpers.app_argv = readme_argv
     try:
-        yield url, _pid_listening(url.rsplit(":", 1)[1])
+        yield url, helpers.server_pid(url)
     finally:
         cm.__exit__(*sys.exc_info())
-
-
-def _pid_listening(port: str) -> int:
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                argv = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--server.port" in argv and argv[argv.index(b"--server.port") + 1].decode() == port:
-                return int(p.name)
-    raise RuntimeError(f"no process serves port {port}")
 
 
 def _tree(pid: int) -> list[int]:
@@ -173,6 +163,7 @@ def summary(ms: list[float]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2, help="rounds of 10 digits per app (default 2)")
+    ap.add_argument("--fresh", type=int, default=3, help="more fresh servers per app for the first visit (default 3)")
     ap.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -226,17 +217,30 @@ def main() -> int:
                     lat[name].append(ms)
                     read[name] += shown == digit
                     reset(page, title)
+        for page, *_ in pages.values():
+            page.context.close()
+        fresh = {"draw": [pages["draw"][3]], "canvas": [pages["canvas"][3]]}
+        for i in range(args.fresh):
+            for name, script, path in (("draw", "streamlit_app.py", "/draw"), ("canvas", REFERENCE, "")):
+                env = {"MNIST_DIR": mnist, "MNIST_LAB_WORKSPACES": tempfile.mkdtemp(dir=ws)} if name == "draw" else {}
+                with server(script, env, logs / f"bench-fresh-{name}.log") as (url, _):
+                    time.sleep(3)
+                    ctx = browser.new_context(viewport={"width": 1440, "height": 1000}, color_scheme="dark")
+                    title = "Draw" if name == "draw" else "Canvas"
+                    fresh[name].append(open_canvas(ctx.new_page(), url + path, title)[0])
+                    ctx.close()
         browser.close()
 
     draw_s, ref_s, shell_s = summary(lat["draw"]), summary(lat["canvas"]), summary(lat["shell"])
     diff = draw_s["median_ms"] - ref_s["median_ms"]
     shell_diff = shell_s["median_ms"] - ref_s["median_ms"]
-    drawable = pages["draw"][3]
+    drawable = statistics.median(fresh["draw"])
     results = {
         "latency": {"draw": draw_s, "canvas_app": ref_s, "difference_median_ms": diff,
                     "pass": diff <= LATENCY_BAR_MS, "read_correctly": read,
                     "canvas_in_shell": shell_s, "shell_difference_median_ms": shell_diff},
-        "first_visitor_drawable_s": {"draw": drawable, "canvas_app": pages["canvas"][3],
+        "first_visitor_drawable_s": {"draw": drawable, "canvas_app": statistics.median(fresh["canvas"]),
+                                     "draw_each": fresh["draw"], "canvas_app_each": fresh["canvas"],
                                      "canvas_in_shell": pages["shell"][3],
                                      "pass": drawable <= DRAWABLE_BAR_S},
         "server_rss_mb": {"draw": app_rss, "canvas_app": ref_rss, "torch_loaded": app_torch,
@@ -252,9 +256,10 @@ def main() -> int:
     print(f"  (the canvas app inside a multipage shell like the app's: {shell_diff:+.0f} ms; information, no bar)")
     print(f"  digits read as drawn: Draw {read['draw']}/{draw_s['n']}, canvas app {read['canvas']}/{ref_s['n']}, "
           f"in a shell {read['shell']}/{shell_s['n']}")
-    print(f"first visitor, goto -> drawable canvas on a fresh server: {drawable:.2f} s "
-          f"(canvas app {pages['canvas'][3]:.2f} s, in a shell {pages['shell'][3]:.2f} s; bar {DRAWABLE_BAR_S:.0f} s): "
-          f"{ok(drawable <= DRAWABLE_BAR_S)}")
+    each = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    print(f"first visitor, goto -> drawable canvas on a fresh server, median of {len(fresh['draw'])}: {drawable:.2f} s "
+          f"({each(fresh['draw'])}); canvas app {statistics.median(fresh['canvas']):.2f} s ({each(fresh['canvas'])}); "
+          f"bar {DRAWABLE_BAR_S:.0f} s: {ok(drawable <= DRAWABLE_BAR_S)}")
     print(f"server RSS after its only visitor drew 1, 7, 0 (read as {''.join(first.values())}): {app_rss:.0f} MB, "
           f"torch {'loaded' if app_torch else 'not loaded'} (canvas app {ref_rss:.0f} MB; bar {RSS_BAR_MB} MB): "
           f"{ok(app_rss <= RSS_BAR_MB)}")

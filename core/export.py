@@ -325,7 +325,8 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint, out_path: str | os.P
         "exported_at": props["exported_at"],
         **({"weights_rebuilt_from": metrics["weights_rebuilt_from"]} if metrics.get("weights_rebuilt_from") else {}),
         "train_config": {k: ckpt.train_config.get(k) for k in ("epochs", "optimizer", "lr", "batch_size", "augment",
-                                                              "label_smoothing", "seed") if k in ckpt.train_config},
+                                                              "drawing_augment", "label_smoothing", "seed")
+                         if k in ckpt.train_config},
         "checkpoint_metrics": {k: metrics[k] for k in ("test_acc", "val_acc", "epoch", "train_seconds", "device")
                                if k in metrics},
         "data": {"source": data.source, "description": data.description, "test_size": int(len(labels))},

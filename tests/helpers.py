@@ -95,6 +95,19 @@ def streamlit_server(env: dict, log: Path):
             print(log.read_text()[-3000:])
 
 
+def server_pid(url: str) -> int:
+    """The pid of the `streamlit run` serving url (started by streamlit_server)."""
+    port = url.rsplit(":", 1)[1]
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"run" in argv and b"--server.port" in argv and port.encode() in argv:
+            return int(d.name)
+    raise LookupError(f"no streamlit process listens on {url}")
+
+
 QUIET_S = 0.8  # a cached loader's spinner can appear a moment after a run starts
 # True once Streamlit's root has said data-test-script-state="notRunning", with no skeletons,
 # stale elements or spinners, for a steady QUIET_S; any busy poll restarts the count. The start
@@ -140,17 +153,21 @@ def assert_no_errors(page, name: str) -> None:
         assert marker not in body, f"{name}: '{marker}' on the page"
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page, name: str, whole: bool = True) -> Path:
     """The whole page: Streamlit scrolls inside its own container, so Playwright's full_page
-    sees one screen. Grow the viewport to the content's height for the shot instead."""
+    sees one screen. Grow the viewport to the content's height for the shot instead (a second or
+    more each; whole=False: the screen as the visitor sees it, at once)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
+    if not whole:
+        page.screenshot(path=str(path))
+        return path
     size = page.viewport_size
     height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
         '[data-testid="stMain"], [data-testid="stMainBlockContainer"], [data-testid="stAppViewContainer"]')]
         .map(e => e.scrollHeight), window.innerHeight)""")
     page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 8000)})
-    page.wait_for_timeout(600)  # let charts re-lay out at the new size
+    page.wait_for_timeout(300)  # let charts re-lay out at the new size
     page.screenshot(path=str(path))
     page.set_viewport_size(size)
     return path

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from helpers import (CHROMIUM, CHROMIUM_ARGS, ROOT, TEST_FLAGS, app_argv, readme_app_command, require_chromium,
-                     streamlit_server)
+                     server_pid, streamlit_server)
 
 MENU = ["Home", "Draw", "Data", "Train", "Fine-tune", "Evaluate", "Export", "Insights"]
 
@@ -76,6 +77,23 @@ def test_first_visitor_of_a_fresh_server_sees_only_the_apps_menu(path, title, mn
     assert menus, "the sidebar never showed a menu"
     for items in menus:
         assert items == MENU, f"the sidebar showed {items}, not the app's menu"
+
+
+def test_a_started_server_loads_what_the_first_visitor_needs_before_anyone_visits(mnist_dir, tmp_path):
+    """streamlit_app.py's st.App lifespan imports, at start-up, what a fresh server's first Draw
+    visitor used to wait for (pandas and pyarrow, which the canvas's first render pulls in; onnxruntime
+    for the first prediction), and never torch. Read from the server's memory map, with no visitor."""
+    want = {"pandas": "pandas/_libs", "pyarrow": "libarrow", "onnxruntime": "onnxruntime_pybind11_state"}
+    env = {"MNIST_DIR": str(mnist_dir), "MNIST_LAB_WORKSPACES": str(tmp_path / "ws")}
+    with streamlit_server(env, tmp_path / "server.log") as url:
+        maps = Path(f"/proc/{server_pid(url)}/maps")
+        deadline = time.monotonic() + 60
+        while (missing := [m for m, lib in want.items() if lib not in (text := maps.read_text())]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.25)
+    assert not missing, f"not loaded at start-up: {missing}"
+    assert "libtorch" not in text, "the serving path must not load torch"
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir()), "nobody visited"
 
 
 def test_readme_engine_table_lists_every_core_module():

@@ -76,7 +76,7 @@ def test_every_page_renders_without_errors(page, app_url):
         assert f"tab={tab.replace(' ', '+')}" in page.url or f"tab={tab.replace(' ', '%20')}" in page.url, page.url
         name = f"data-{tab.lower().replace(' ', '-')}"
         assert_no_errors(page, name)
-        screenshot(page, name)
+        screenshot(page, name, whole=False)  # the whole Data page is shot above
     assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 1  # the pixel heatmap
 
 

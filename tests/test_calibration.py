@@ -16,6 +16,7 @@ from core.export import export_onnx
 from core.inference import EXPORT_DIR, load_predictor, read_card
 from core.models import build_model
 from core.train import TrainConfig, train
+from helpers import write_idx
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +99,18 @@ def test_calibrated_export(smoothed_run, mnist, tmp_path):
         assert vcard["ece"] == pytest.approx(v["ece"]) and vcard["calibration"]["ece_after"] == v["ece"]
 
 
-def test_cli_calibrates_by_default_and_not_with_the_flag(smoothed_run, mnist_dir, tmp_path, capsys):
+def test_cli_calibrates_by_default_and_not_with_the_flag(smoothed_run, tmp_path, capsys):
     from core.cli import main
 
-    run, _ = smoothed_run
+    run, small = smoothed_run
+    # The run's data as IDX files (its 20,000 training digits, so the same validation split), with
+    # the 1,000 test digits the export's parity check needs: the CLI's flags, not the full test set.
+    mnist_dir = tmp_path / "data"
+    mnist_dir.mkdir()
+    for name, arr in (("train-images-idx3-ubyte.gz", small.train_images), ("train-labels-idx1-ubyte.gz",
+                      small.train_labels), ("t10k-images-idx3-ubyte.gz", small.test_images[:1000]),
+                      ("t10k-labels-idx1-ubyte.gz", small.test_labels[:1000])):
+        write_idx(mnist_dir / name, arr.numpy())
     on, off = tmp_path / "on.onnx", tmp_path / "off.onnx"
     assert main(["export", str(run), "--out", str(on), "--data", str(mnist_dir), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

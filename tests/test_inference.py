@@ -50,7 +50,7 @@ def test_canvas_path_keeps_accuracy_on_real_digits(default, mnist):
     opaque black or transparent background) go through preprocess + onnxruntime."""
     images, labels = mnist.test_images[:1000].numpy(), mnist.test_labels[:1000].numpy()
     direct = default.predict(images).argmax(1)
-    preds, latencies = [], []
+    preds = []
     for i, img in enumerate(images):
         out = predict_canvas(default, digit_to_canvas(img, 280, background="transparent" if i % 2 else "black"))
         assert not out["blank"] and out["probs"].shape == (10,)
