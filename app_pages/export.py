@@ -54,6 +54,19 @@ CARD_COLUMNS = {
 
 # ------------------------------------------------------------------ UI
 
+def calibration_blocker(rec) -> str | None:
+    """Why a run's confidence can't be calibrated on its MNIST validation digits, or None when it
+    can: only a plain training run of all ten digits that held some out has them to fit on."""
+    if rec is None or rec.kind != "train":
+        return "a fine-tuned model's confidence would need held-out digits of its own target."
+    if classes := rec.metrics.get("classes"):
+        return (f"this base knows only digits {', '.join(map(str, classes))}; MNIST's validation digits "
+                "include the others, which it is never meant to answer.")
+    if int(rec.config.get("val_size", 5000) or 0) <= 0:
+        return "this run held out no validation digits to fit a temperature on."
+    return None
+
+
 def export_form_ui(data) -> None:
     st.subheader("Export a run")
     my_runs = {m.name: m for m in models(kinds=("run",))}
@@ -76,16 +89,9 @@ def export_form_ui(data) -> None:
         go = st.form_submit_button("Export to ONNX", type="primary", icon=":material/ios_share:")
     if not go:
         return
-    rec = workspace().runs().get(run)
-    # Only a plain training run has MNIST validation digits of its own to fit on; a fine-tuned
-    # model answers for its target, which those digits do not represent.
-    can_calibrate = (rec is not None and rec.kind == "train" and not rec.metrics.get("classes")
-                     and int(rec.config.get("val_size", 5000) or 0) > 0)
-    if calibrate and not can_calibrate:
-        st.info("Not calibrated: " + ("this run held out no validation digits to fit a temperature on."
-                                      if rec is not None and rec.kind == "train" else
-                                      "a fine-tuned model's confidence would need digits of its own target."),
-                icon=":material/info:")
+    blocker = calibration_blocker(workspace().run(run))
+    if calibrate and blocker:
+        st.info(f"Not calibrated: {blocker}", icon=":material/info:")
     try:
         out = workspace().export_path(name.strip() or run)
     except ValueError as e:  # a name that cannot be made safe, or the workspace quota
@@ -97,7 +103,7 @@ def export_form_ui(data) -> None:
             from core.export import export_onnx
 
             card = export_onnx(my_runs[run].path, out, data=data, fp16=fp16, int8=int8,
-                               calibrate=calibrate and can_calibrate)
+                               calibrate=calibrate and blocker is None)
         except (core.CheckpointError, ValueError, OSError) as e:
             status.update(label="Export failed", state="error")
             st.error(public_error(e))
@@ -107,8 +113,13 @@ def export_form_ui(data) -> None:
                             f"{parity['argmax_agree']:,}/{parity['n']:,} identical answers)", state="complete")
 
     if c := card.get("calibration"):  # outside the status box, which folds away once complete
-        st.success(f"Calibrated: temperature {c['temperature']:.3g}; expected calibration error on the test "
-                   f"digits {100 * c['ece_before']:.2f}% → {100 * c['ece_after']:.2f}%.", icon=":material/tune:")
+        said = (f"Calibrated: temperature {c['temperature']:.3g}; expected calibration error on the test "
+                f"digits {100 * c['ece_before']:.2f}% → {100 * c['ece_after']:.2f}%")
+        if c["ece_after"] <= c["ece_before"]:
+            st.success(said + ".", icon=":material/tune:")
+        else:  # T is fitted on the validation digits; an already calibrated run can come out a hair worse
+            st.info(said + ": no better on the test digits, so this run's confidence was already about "
+                    "right (the temperature is fitted on its validation digits).", icon=":material/tune:")
     st.session_state["lat_model"] = str(out)  # measure the new export next
     st.toast(f"{out.name} is ready, and selectable on the Draw page.", icon=":material/check_circle:")
 

@@ -115,6 +115,13 @@ def cmd_evaluate(args) -> dict:
 
     if args.digits is not None and not args.robustness:
         raise CLIError("--digits only applies with --robustness")
+    if args.card:
+        from .inference import read_card
+
+        if not (args.robustness and str(args.checkpoint).endswith(".onnx")):
+            raise CLIError("--card records --robustness rows in an exported .onnx's model card")
+        if read_card(args.checkpoint) is None:  # before minutes of measuring, not after
+            raise CLIError(f"{Path(args.checkpoint).name} has no model card (.json beside it) to record in")
     model, name = _evaluation_model(args.checkpoint, args.device)
     data = load_mnist(args.data)
     print(f"data: {data.description}", flush=True)
@@ -143,6 +150,13 @@ def _robustness(model, name: str, data, args) -> dict:
     for r in rep["rows"]:
         gap = "" if clean is None or r["distortion"] == "clean" else f"{100 * (r['accuracy'] - clean):+.1f}"
         print(f"{r['distortion']:<13}{100 * r['accuracy']:>8.1f}%{gap:>10}{r['blank']:>7}  {r['description']}")
+    if args.card:
+        from .robustness import write_to_card
+
+        try:
+            print(f"recorded in {write_to_card(args.checkpoint, rep)}")
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     return {"model": name, "robustness": rep, "data_source": data.source}
 
 
@@ -365,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each digit drawn on a canvas and read through the Draw page's path")
     e.add_argument("--digits", type=int, help="test digits per distortion with --robustness (default 1000)")
     e.add_argument("--seed", type=int, default=0, help="seed of the digits and distortions (default 0)")
+    e.add_argument("--card", action="store_true",
+                   help="with --robustness on an exported .onnx: record the rows in its model card")
     e.set_defaults(fn=cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios against a same-run reference")

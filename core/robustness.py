@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -221,3 +222,25 @@ def robustness(predictor, images, labels, cfg: RobustnessConfig | None = None, p
             progress(k + 1, len(cfg.distortions), name)
     return {"digits": int(len(y)), "seed": cfg.seed, "rows": rows,
             "accuracy": {r["distortion"]: r["accuracy"] for r in rows}}
+
+
+CARD_METHOD = "python -m core evaluate MODEL --robustness (core.robustness: canvas path)"
+
+
+def write_to_card(onnx_path, report: dict) -> Path:
+    """Record a robustness() report in the model card beside an exported .onnx (its `robustness`
+    field: digits, seed, accuracy per distortion, date), atomically; -> the card's path. The card
+    must exist: an export writes it, and re-exporting writes it anew without this field."""
+    import json
+
+    from .files import atomic_write_text
+    from .inference import read_card
+
+    card = read_card(onnx_path)
+    if card is None:
+        raise ValueError(f"{Path(onnx_path).name} has no model card (.json beside it) to record robustness in")
+    card["robustness"] = {"digits": report["digits"], "seed": report["seed"], "method": CARD_METHOD,
+                          "accuracy": dict(report["accuracy"]), "measured_at": time.strftime("%Y-%m-%d")}
+    path = Path(onnx_path).with_suffix(".json")
+    atomic_write_text(path, json.dumps(card, indent=2))
+    return path

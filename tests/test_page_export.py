@@ -73,12 +73,32 @@ def test_export_calibrates_a_run_with_a_validation_split(full_app, workspaces, m
     card = json.loads((ws.exports_dir / "held.json").read_text())
     c = card["calibration"]
     assert c["method"] == "temperature" and c["fitted_on"] == "validation (5,000 digits)"
-    assert any("Calibrated: temperature" in m.value for m in at.success)
+    shown = [m.value for m in [*at.success, *at.info] if "Calibrated: temperature" in m.value]
+    assert len(shown) == 1 and (c["ece_after"] <= c["ece_before"]) == (shown[0] in [m.value for m in at.success])
     x = mnist.test_images[:500].numpy().astype(np.float32)[:, None] / 255
     sess = ort.InferenceSession(str(ws.exports_dir / "held.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["logits"], {"image": x})[0]
     raw = TorchPredictor(load_checkpoint(run_dir).model).logits(x)
     assert np.abs(got - raw / c["temperature"]).max() <= 1e-4 and (got.argmax(1) == raw.argmax(1)).all()
+
+
+def test_a_0_to_4_base_is_exported_uncalibrated_and_the_page_says_why(full_app, workspaces, mnist):
+    """Its validation digits would include 5-9, which the base is never meant to answer."""
+    from core.finetune import pretrain_base
+    from core.train import TrainConfig
+    from core.workspace import Workspace
+
+    ws = Workspace.create(workspaces)
+    _, run_dir = ws.new_run("base04")
+    cfg = TrainConfig.preset("fast", max_steps=10, device="cpu")
+    list(pretrain_base(mnist, (0, 1, 2, 3, 4), run_dir=run_dir, cfg=cfg))
+    at = full_app("export", ws_id=ws.id)
+    assert widget(at, "checkbox", "Calibrate confidence").value
+    widget(at, "button", "Export to ONNX").click().run()
+    assert_ok(at)
+    assert any("knows only digits 0, 1, 2, 3, 4" in i.value for i in at.info), [i.value for i in at.info]
+    assert json.loads((ws.exports_dir / "base04.json").read_text())["calibration"] is None
+    assert not at.success
 
 
 def test_empty_states_link_to_the_train_page(full_app):

@@ -85,3 +85,31 @@ def test_cli_table_and_json(mnist_dir, capsys):
     assert set(out["robustness"]["accuracy"]) == set(DISTORTIONS)
     assert main(["evaluate", str(DEFAULT_MODEL), "--digits", "30", "--data", str(mnist_dir)]) == 2
     assert main(args[:3] + ["--digits", "0", "--data", str(mnist_dir)]) == 1
+
+
+def test_cli_records_the_rows_in_the_model_card(mnist_dir, tmp_path, capsys):
+    """--card writes the measured rows into the .onnx's card (how the shipped cards get theirs),
+    leaving the rest of the card as it was; a file without a card is refused before measuring."""
+    import shutil
+
+    from core.cli import main
+    from core.inference import EXPORT_DIR, read_card
+
+    onnx_path = tmp_path / "mnist-fast.onnx"
+    shutil.copy(EXPORT_DIR / "mnist-fast.onnx", onnx_path)
+    before = json.loads((EXPORT_DIR / "mnist-fast.json").read_text())
+    before.pop("robustness", None)
+    (tmp_path / "mnist-fast.json").write_text(json.dumps(before))
+    args = ["evaluate", str(onnx_path), "--robustness", "--digits", "20", "--seed", "2", "--data", str(mnist_dir)]
+    assert main(args + ["--card", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["robustness"]
+    card = read_card(onnx_path)
+    rob = card.pop("robustness")
+    assert card == before  # nothing else changed
+    assert rob["digits"] == 20 and rob["seed"] == 2 and rob["accuracy"] == report["accuracy"]
+    assert set(rob["accuracy"]) == set(DISTORTIONS)
+
+    (tmp_path / "mnist-fast.json").unlink()
+    assert main(args + ["--card"]) == 2
+    assert "no model card" in capsys.readouterr().err
+    assert main(["evaluate", str(onnx_path), "--card", "--data", str(mnist_dir)]) == 2  # needs --robustness
